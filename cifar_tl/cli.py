@@ -1,0 +1,161 @@
+"""`cifar-tl`: train one run, list and execute chapters, build the book.
+
+A user mistake ends in one line on stderr and exit status 2; `--debug` (or CIFAR_TL_DEBUG=1) shows the
+full traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from .errors import UserError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, not the whole usage block
+        raise UserError(f"{message} (see `{self.prog} --help`)")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _test_limit(text: str):
+    return None if text.lower() in ("all", "none") else _positive_int(text)
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .backbones import BACKBONES
+    from .recipes import PROFILES, RECIPES
+
+    parser = _Parser(prog="cifar-tl", description="Transfer learning with few labels: runs, chapters and the book.")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks (also CIFAR_TL_DEBUG=1)")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    train = commands.add_parser("train", help="train and evaluate one run (or read its record back)")
+    train.add_argument("--backbone", default="efficientnet_lite0", help=f"one of: {', '.join(BACKBONES)}")
+    train.add_argument("--recipe", default="linear_probe", help=f"one of: {', '.join(RECIPES)}")
+    train.add_argument("--per-class", type=_positive_int, default=100, help="labelled training images per class")
+    train.add_argument("--seed", type=_non_negative_int, default=0, help="which subset to draw")
+    train.add_argument("--profile", default="smoke", help=f"one of: {', '.join(PROFILES)}")
+    train.add_argument("--image-size", type=_positive_int, help="input side in pixels (default: the profile's)")
+    train.add_argument("--epochs", type=_positive_int, help="epochs of every stage (default: the recipe's)")
+    train.add_argument("--test-limit", type=_test_limit, default=argparse.SUPPRESS,
+                       help="a class-balanced cap on test images, or 'all' (default: the profile's)")
+    train.add_argument("--val-per-class", type=_non_negative_int, default=50, help="validation images per class")
+    train.add_argument("--data", help="class-folder directory or .tar.gz, or 'cifar10' (default: $CIFAR_TL_DATA)")
+    train.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if there is one)")
+    train.add_argument("--force", action="store_true", help="train again even if the record exists")
+    train.add_argument("--json", action="store_true", help="print exactly the run record as JSON on stdout")
+
+    commands.add_parser("chapters", help="list the chapters, one line each, starting with its id")
+
+    run = commands.add_parser("run", help="execute one chapter with papermill")
+    run.add_argument("chapter", help="chapter id or number (see `cifar-tl chapters`)")
+    run.add_argument("--profile", help=f"one of: {', '.join(PROFILES)} (default: the notebook's)")
+    run.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                     help="set a notebook parameter (repeatable)")
+    run.add_argument("--out", default="_build/executed", help="folder for the executed notebook")
+
+    book = commands.add_parser("book", help="execute every chapter and build the website into _build/html")
+    book.add_argument("--profile", help=f"one of: {', '.join(PROFILES)} (default: full on a GPU, smoke on a CPU)")
+    return parser
+
+
+def _train(args) -> None:
+    from .runs import make_config, run
+
+    config = make_config(
+        args.recipe, args.backbone, per_class=args.per_class, seed=args.seed, profile=args.profile,
+        image_size=args.image_size, epochs=args.epochs, test_limit=getattr(args, "test_limit", "profile"),
+        val_per_class=args.val_per_class, data=args.data,
+    )
+    record = run(config, force=args.force, progress=True, device=args.device)
+    if args.json:
+        json.dump(record, sys.stdout)
+        sys.stdout.write("\n")
+        return
+    m = record["metrics"]
+    print(f"{record['name']}: test accuracy {m['test_accuracy']:.4f} on {m['test_images']} images, "
+          f"validation accuracy {m['val_accuracy']:.4f}, {record['timing']['total_seconds']:.0f} s")
+
+
+def _run_chapter(args) -> None:
+    from .chapters import find_chapter, parse_parameters, run_chapter
+    from .recipes import get_profile
+
+    chapter = find_chapter(args.chapter)
+    parameters = parse_parameters(chapter, args.parameter)
+    if args.profile:
+        get_profile(args.profile)
+        parameters["profile"] = args.profile
+    out = run_chapter(chapter, Path(args.out), parameters)
+    print(out)
+
+
+def _book(args) -> None:
+    from .chapters import build_book, default_profile
+    from .recipes import get_profile
+
+    profile = args.profile or default_profile()
+    get_profile(profile)
+    if not args.profile:
+        print(f"cifar-tl: no --profile given; using '{profile}' for this machine", file=sys.stderr)
+    started = time.perf_counter()
+    html = build_book(profile)
+    print(f"cifar-tl: built {html / 'index.html'} in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    debug = os.environ.get("CIFAR_TL_DEBUG", "") not in ("", "0")
+    try:
+        args = build_parser().parse_args(argv)
+        debug = debug or args.debug
+        if args.command == "train":
+            _train(args)
+        elif args.command == "chapters":
+            from .chapters import chapters
+
+            for chapter in chapters():
+                print(f"{chapter.id}\t{chapter.title}")
+        elif args.command == "run":
+            _run_chapter(args)
+        elif args.command == "book":
+            _book(args)
+        return 0
+    except UserError as exc:
+        if debug:
+            raise
+        print(f"cifar-tl: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("cifar-tl: interrupted; nothing half-written was kept, run the same command again to resume",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

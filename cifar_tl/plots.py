@@ -1,0 +1,115 @@
+"""Figures for the chapters: training curves, confusion matrices, image grids, runs compared.
+
+Every function returns a matplotlib Figure with an opaque white background (the book's dark mode
+dims transparent figures).
+"""
+
+from __future__ import annotations
+
+import matplotlib
+
+import matplotlib.pyplot as plt
+import numpy as np
+import seaborn as sns
+
+matplotlib.rcParams.update({
+    "figure.facecolor": "white",
+    "axes.facecolor": "white",
+    "savefig.facecolor": "white",
+    "savefig.transparent": False,
+    "figure.dpi": 100,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+})
+
+
+def training_curves(records: list[dict], title: str = "") -> plt.Figure:
+    """Loss and accuracy per epoch, train (dashed) against validation (solid), one line per subset."""
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for i, record in enumerate(records):
+        history = record["history"]
+        epochs = [h["epoch"] for h in history]
+        label = f"seed {record['config']['seed']}"
+        color = f"C{i}"
+        for ax, key in ((ax_loss, "loss"), (ax_acc, "accuracy")):
+            ax.plot(epochs, [h[f"train_{key}"] for h in history], "--", color=color, alpha=0.8)
+            ax.plot(epochs, [h[f"val_{key}"] for h in history], "-", color=color, label=label)
+        for boundary in [h["epoch"] - 0.5 for a, h in zip(history, history[1:]) if h["stage"] != a["stage"]]:
+            for ax in (ax_loss, ax_acc):
+                ax.axvline(boundary, color="grey", lw=0.8, ls=":")
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="loss (dashed: train, solid: validation)")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy (dashed: train, solid: validation)", ylim=(0, 1.02))
+    ax_acc.legend(loc="lower right", fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def confusion_heatmap(confusion, classes: list[str], title: str = "", normalise: bool = True) -> plt.Figure:
+    """Rows are true classes, columns predictions; normalised rows show each class's recall."""
+    matrix = np.asarray(confusion, dtype=float)
+    if normalise:
+        matrix = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(6.4, 5.4))
+    sns.heatmap(matrix, annot=True, fmt=".2f" if normalise else ".0f", cmap="Blues", square=True, cbar=False,
+                xticklabels=classes, yticklabels=classes, ax=ax, annot_kws={"fontsize": 7})
+    ax.set(xlabel="predicted", ylabel="true", title=title)
+    fig.tight_layout()
+    return fig
+
+
+def image_grid(images, labels, classes: list[str], predictions=None, ncols: int = 10, size: float = 1.2,
+               title: str = "") -> plt.Figure:
+    """Images with their labels; with predictions, wrong ones are titled in red as 'pred (true)'."""
+    images = np.asarray(images)
+    n = len(images)
+    nrows = max(1, int(np.ceil(n / ncols)))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * size, nrows * (size + 0.25)), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i >= n:
+            continue
+        ax.imshow(images[i], interpolation="nearest")
+        true = classes[int(labels[i])]
+        if predictions is None:
+            ax.set_title(true, fontsize=8)
+        else:
+            guess = classes[int(predictions[i])]
+            wrong = guess != true
+            ax.set_title(f"{guess}\n({true})" if wrong else guess, fontsize=7, color="red" if wrong else "black")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def compare_runs(values: dict[str, list[float]], title: str = "", ylabel: str = "test accuracy") -> plt.Figure:
+    """Mean ± standard deviation per named setting, with each subset's value as a dot."""
+    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(values), 3.6))
+    names = list(values)
+    for i, name in enumerate(names):
+        v = np.asarray(values[name], dtype=float)
+        ax.bar(i, v.mean(), yerr=v.std(ddof=1) if len(v) > 1 else 0, color=f"C{i}", alpha=0.6, capsize=6)
+        ax.scatter(np.full(len(v), i), v, color="black", s=12, zorder=3)
+    ax.set_xticks(range(len(names)), names, rotation=15)
+    ax.set(ylabel=ylabel, title=title, ylim=(0, 1))
+    fig.tight_layout()
+    return fig
+
+
+def upsampling_strip(image, sizes=(32, 64, 128, 224)) -> plt.Figure:
+    """One 32x32 image shown at each input size, as the model receives it (bilinear)."""
+    import torch
+
+    from .augment import to_float_nchw
+
+    x = to_float_nchw(torch.as_tensor(np.asarray(image))[None])
+    fig, axes = plt.subplots(1, len(sizes), figsize=(2.4 * len(sizes), 2.6))
+    for ax, size in zip(axes, sizes):
+        resized = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+        ax.imshow(resized[0].permute(1, 2, 0).clamp(0, 1).numpy(), interpolation="nearest")
+        ax.set_title(f"{size}x{size}", fontsize=9)
+        ax.axis("off")
+    fig.tight_layout()
+    return fig

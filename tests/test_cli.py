@@ -1,0 +1,104 @@
+"""The command line: JSON on stdout, and one clear line (exit 2, no traceback) for each user mistake."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+def cifar_tl(*args, env=None, timeout=600):
+    return subprocess.run(
+        [sys.executable, "-m", "cifar_tl.cli", *args], capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_folders(tmp_path_factory) -> Path:
+    """3 classes of 16x16 PNGs: 12 training and 4 test images each, colours that tell classes apart."""
+    root = tmp_path_factory.mktemp("tiny")
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 12), ("test", 4)):
+        for c, name in enumerate(("red", "green", "blue")):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(count):
+                pixels = rng.integers(0, 60, (16, 16, 3), dtype=np.uint8)
+                pixels[..., c] += 150
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    return root
+
+
+def assert_clean_error(done: subprocess.CompletedProcess, *fragments: str):
+    assert done.returncode == 2, (done.returncode, done.stderr)
+    assert "Traceback" not in done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.startswith("cifar-tl: error:")]
+    assert len(lines) == 1, done.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    assert done.stdout == ""
+
+
+def test_train_json_is_exactly_the_record(tiny_folders):
+    args = ["train", "--backbone", "simple_cnn", "--recipe", "linear_probe", "--per-class", "8",
+            "--val-per-class", "4", "--epochs", "2", "--data", str(tiny_folders), "--json"]
+    done = cifar_tl(*args)
+    assert done.returncode == 0, done.stderr
+    record = json.loads(done.stdout)  # the whole of stdout is one JSON object
+    assert record["config"]["backbone"] == "simple_cnn"
+    assert record["metrics"]["test_images"] == 12
+    assert 0.0 <= record["metrics"]["test_accuracy"] <= 1.0
+    assert len(record["history"]) == 2
+    assert record["data"]["counts"] == {"train": 24, "val": 12, "test": 12}
+    # The second identical command reads the record back: the same JSON, same creation time.
+    again = json.loads(cifar_tl(*args).stdout)
+    assert again["created"] == record["created"] and again["metrics"] == record["metrics"]
+
+
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (["train", "--backbone", "vgg99"], ["unknown backbone 'vgg99'", "efficientnet_lite0", "resnet18"]),
+        (["train", "--recipe", "magic"], ["unknown recipe 'magic'", "linear_probe"]),
+        (["train", "--profile", "huge"], ["unknown profile 'huge'", "smoke", "full"]),
+        (["train", "--image-size", "0"], ["--image-size", "at least 1"]),
+        (["train", "--epochs", "-3"], ["--epochs", "at least 1"]),
+        (["train", "--per-class", "many"], ["--per-class", "not a whole number"]),
+        (["train", "--data", "/nonexistent/cifar"], ["does not exist", "CIFAR_TL_DATA"]),
+        (["run", "99"], ["unknown chapter '99'", "01-data"]),
+        (["run", "03", "-p", "no_such_parameter", "1"], ["has no parameter 'no_such_parameter'", "backbone"]),
+        (["run", "03", "-p", "seeds", "lots"], ["parameter seeds", "list of whole numbers", "lots"]),
+        (["run", "03", "--profile", "huge"], ["unknown profile 'huge'"]),
+        (["book", "--profile", "huge"], ["unknown profile 'huge'"]),
+        (["frobnicate"], ["invalid choice"]),
+    ],
+)
+def test_user_mistakes_get_one_clear_line(args, fragments):
+    assert_clean_error(cifar_tl(*args), *fragments)
+
+
+def test_per_class_larger_than_a_class_names_the_class(tiny_folders):
+    done = cifar_tl("train", "--backbone", "simple_cnn", "--per-class", "50", "--data", str(tiny_folders))
+    assert_clean_error(done, "class 'blue' has 12")
+
+
+def test_debug_shows_the_traceback():
+    done = cifar_tl("--debug", "train", "--backbone", "vgg99")
+    assert done.returncode != 0
+    assert "Traceback" in done.stderr and "UserError" in done.stderr
+
+
+def test_chapters_lists_one_line_per_chapter_starting_with_its_id():
+    done = cifar_tl("chapters")
+    assert done.returncode == 0
+    lines = done.stdout.strip().splitlines()
+    notebooks = sorted(p.stem for p in (Path(__file__).parents[1] / "notebooks").glob("[0-9][0-9]-*.ipynb"))
+    assert [line.split("\t")[0] for line in lines] == notebooks
+    assert lines[0].startswith("01-data\t")
