@@ -16,8 +16,6 @@ from .errors import UserError
 from .files import atomic_path
 
 ROOT = Path(__file__).resolve().parent.parent  # the checkout: notebooks/, book/, _config.yml
-NOTEBOOKS = ROOT / "notebooks"
-BUILD = ROOT / "_build"
 BOOK_FILES = ("_config.yml", "_toc.yml", "book")
 
 
@@ -28,11 +26,12 @@ class Chapter:
     path: Path
 
 
-def chapters() -> list[Chapter]:
-    if not NOTEBOOKS.is_dir():
-        raise UserError(f"no notebooks/ folder beside the package ({NOTEBOOKS}): run from a checkout of cifar-tl")
+def chapters(root: Path = ROOT) -> list[Chapter]:
+    notebooks = root / "notebooks"
+    if not notebooks.is_dir():
+        raise UserError(f"no notebooks/ folder beside the package ({notebooks}): run from a checkout of cifar-tl")
     found = []
-    for path in sorted(NOTEBOOKS.glob("[0-9][0-9]-*.ipynb")):
+    for path in sorted(notebooks.glob("[0-9][0-9]-*.ipynb")):
         cells = json.loads(path.read_text())["cells"]
         title = next(
             (line.lstrip("# ").strip() for cell in cells if cell["cell_type"] == "markdown"
@@ -125,7 +124,7 @@ def run_chapter(chapter: Chapter, out_dir: Path, parameters: dict, progress: boo
         try:
             papermill.execute_notebook(
                 str(chapter.path), str(tmp), parameters=parameters, kernel_name="python3",
-                cwd=str(NOTEBOOKS), progress_bar=progress, log_output=False,
+                cwd=str(chapter.path.parent), progress_bar=progress, log_output=False,
             )
         except PapermillExecutionError as exc:
             raise UserError(
@@ -140,31 +139,32 @@ def default_profile() -> str:
     return "full" if torch.cuda.is_available() else "smoke"
 
 
-def build_book(profile: str, progress: bool = True) -> Path:
+def build_book(profile: str, progress: bool = True, root: Path = ROOT) -> Path:
     """Execute every chapter into a staging copy of the book, then build HTML into `_build/html`.
 
     Jupyter Book renders the executed notebooks as they are (`execute_notebooks: off`), with
     Sphinx warnings as errors, so a failed chapter or a broken reference fails the build.
     """
-    staging = BUILD / "source"
+    build = root / "_build"
+    staging = build / "source"
     if staging.exists():
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
     for name in BOOK_FILES:
-        source = ROOT / name
+        source = root / name
         if not source.exists():
             raise UserError(f"{source} is missing: run `cifar-tl book` from a full checkout of cifar-tl")
         (shutil.copytree if source.is_dir() else shutil.copy2)(source, staging / name)
     timings = {}
-    for chapter in chapters():
+    for chapter in chapters(root):
         started = time.perf_counter()
         print(f"cifar-tl: executing {chapter.id} ({profile})", file=sys.stderr)
         run_chapter(chapter, staging / "notebooks", {"profile": profile}, progress)
         timings[chapter.id] = round(time.perf_counter() - started, 1)
     print(f"cifar-tl: chapter times (s): {timings}", file=sys.stderr)
-    html = BUILD / "html"
+    html = build / "html"
     command = [
-        sys.executable, "-c", "from jupyter_book.cli.main import main; main()", "build", str(staging), "--path-output", str(BUILD / "book"),
+        sys.executable, "-c", "from jupyter_book.cli.main import main; main()", "build", str(staging), "--path-output", str(build / "book"),
         "--warningiserror", "--nitpick", "--keep-going", "--quiet",
     ]
     done = subprocess.run(command, env={**os.environ, "PYTHONWARNINGS": "ignore"}, capture_output=True, text=True)
@@ -173,5 +173,5 @@ def build_book(profile: str, progress: bool = True) -> Path:
         raise UserError("the book did not build: Sphinx reported the warnings or errors above")
     if html.exists():
         shutil.rmtree(html)
-    shutil.move(str(BUILD / "book" / "_build" / "html"), html)
+    shutil.move(str(build / "book" / "_build" / "html"), html)
     return html

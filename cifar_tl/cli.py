@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -127,8 +128,14 @@ def _book(args) -> None:
     print(f"cifar-tl: built {html / 'index.html'} in {time.perf_counter() - started:.0f} s", file=sys.stderr)
 
 
+def _exit_on_sigterm(signum, frame):
+    # A kill (SIGTERM) unwinds like Ctrl-C, so atomic writes delete their temporary files.
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     debug = os.environ.get("CIFAR_TL_DEBUG", "") not in ("", "0")
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         args = build_parser().parse_args(argv)
         debug = debug or args.debug
