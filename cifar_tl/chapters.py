@@ -31,7 +31,8 @@ def chapters(root: Path = ROOT) -> list[Chapter]:
     if not notebooks.is_dir():
         raise UserError(f"no notebooks/ folder beside the package ({notebooks}): run from a checkout of cifar-tl")
     found = []
-    for path in sorted(notebooks.glob("[0-9][0-9]-*.ipynb")):
+    # Chapters are numbered 01-..., appendices a1-...; both sort in reading order.
+    for path in sorted(notebooks.glob("[0-9a][0-9]-*.ipynb")):
         cells = json.loads(path.read_text())["cells"]
         title = next(
             (line.lstrip("# ").strip() for cell in cells if cell["cell_type"] == "markdown"
@@ -43,11 +44,12 @@ def chapters(root: Path = ROOT) -> list[Chapter]:
 
 
 def find_chapter(name: str) -> Chapter:
-    """A chapter by id (`03-linear-probe`), number (`3`, `03`) or file name."""
+    """A chapter by id (`03-linear-probe`), number (`3`, `03`), prefix (`a1`) or file name."""
     all_chapters = chapters()
     key = Path(name).stem
     for chapter in all_chapters:
-        if key == chapter.id or (key.isdigit() and int(key) == int(chapter.id[:2])):
+        prefix = chapter.id.split("-")[0]
+        if key in (chapter.id, prefix) or (key.isdigit() and prefix.isdigit() and int(key) == int(prefix)):
             return chapter
     raise UserError(f"unknown chapter {name!r}; choose one of: {', '.join(c.id for c in all_chapters)}")
 

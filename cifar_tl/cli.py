@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=_positive_int, help="epochs of every stage (default: the recipe's)")
     train.add_argument("--test-limit", type=_test_limit, default=argparse.SUPPRESS,
                        help="a class-balanced cap on test images, or 'all' (default: the profile's)")
-    train.add_argument("--val-per-class", type=_non_negative_int, default=50, help="validation images per class")
+    train.add_argument("--val-per-class", type=_positive_int, default=50, help="validation images per class")
     train.add_argument("--data", help="class-folder directory or .tar.gz, or 'cifar10' (default: $CIFAR_TL_DATA)")
     train.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if there is one)")
     train.add_argument("--force", action="store_true", help="train again even if the record exists")
@@ -78,6 +78,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                      help="set a notebook parameter (repeatable)")
     run.add_argument("--out", default="_build/executed", help="folder for the executed notebook")
+
+    bench = commands.add_parser("bench", help="training and evaluation speed: the library's loop against a naive one")
+    bench.add_argument("--backbone", default="efficientnet_lite0", help=f"one of: {', '.join(BACKBONES)}")
+    bench.add_argument("--image-size", type=_positive_int, default=224, help="input side in pixels")
+    bench.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if there is one)")
+    bench.add_argument("--batch-size", type=_positive_int, help="default: 256 on a GPU, 32 on a CPU")
+    bench.add_argument("--steps", type=_positive_int, help="measured steps (default: 50 on a GPU, 8 on a CPU)")
+    bench.add_argument("--workers", type=_non_negative_int, help="DataLoader workers of the naive loop")
+    bench.add_argument("--out", help="also write the result as JSON to this file (atomically)")
+    bench.add_argument("--json", action="store_true", help="print exactly the result as JSON on stdout")
 
     book = commands.add_parser("book", help="execute every chapter and build the website into _build/html")
     book.add_argument("--profile", help=f"one of: {', '.join(PROFILES)} (default: full on a GPU, smoke on a CPU)")
@@ -115,6 +125,27 @@ def _run_chapter(args) -> None:
     print(out)
 
 
+def _bench(args) -> None:
+    from .backbones import check_backbone
+    from .bench import bench
+    from .files import write_json
+
+    check_backbone(args.backbone)
+    result = bench(args.backbone, args.image_size, args.device, args.batch_size, args.steps, args.workers)
+    if args.out:
+        write_json(args.out, result)
+    if args.json:
+        json.dump(result, sys.stdout)
+        sys.stdout.write("\n")
+        return
+    print(f"{result['backbone']} at {result['image_size']}x{result['image_size']} on {result['device']} "
+          f"({result['machine']['gpu'] or result['machine']['cpu']}):\n"
+          f"  training, this library: {result['train_images_per_second']:.1f} images/s "
+          f"(overhead outside the model: {100 * result['overhead_fraction']:.1f}%)\n"
+          f"  training, naive DataLoader + PIL pipeline: {result['naive_train_images_per_second']:.1f} images/s\n"
+          f"  evaluation: {result['eval_images_per_second']:.1f} images/s")
+
+
 def _book(args) -> None:
     from .chapters import build_book, default_profile
     from .recipes import get_profile
@@ -148,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{chapter.id}\t{chapter.title}")
         elif args.command == "run":
             _run_chapter(args)
+        elif args.command == "bench":
+            _bench(args)
         elif args.command == "book":
             _book(args)
         return 0

@@ -57,8 +57,9 @@ class ImageDataset:
 
 def resolve_source(data: str | os.PathLike | None = None) -> str:
     """The source to use: `data`, else `$CIFAR_TL_DATA`, else torchvision's CIFAR-10."""
-    chosen = data if data not in (None, "") else os.environ.get("CIFAR_TL_DATA") or TORCHVISION_SOURCE
-    return str(chosen)
+    chosen = str(data if data not in (None, "") else os.environ.get("CIFAR_TL_DATA") or TORCHVISION_SOURCE)
+    # Absolute, so that a notebook running in notebooks/ finds a path given relative to the shell's folder.
+    return chosen if _is_torchvision(chosen) else str(Path(chosen).expanduser().absolute())
 
 
 def _is_torchvision(source: str) -> bool:
@@ -192,12 +193,15 @@ def _load_torchvision(progress: bool) -> ImageDataset:
 
 
 def _iter_archive(path: Path):
-    """Yield (relative posix path, bytes) for every regular file of a tar archive."""
+    """Yield (relative posix path, bytes) for every regular file of a tar archive, and
+    (path + "/", None) for every folder."""
     try:
         with tarfile.open(path, "r:*") as archive:
             for member in archive:
                 if member.isfile():
                     yield member.name, archive.extractfile(member).read()
+                elif member.isdir():
+                    yield member.name.rstrip("/") + "/", None
     except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
         raise UserError(
             f"{path} is not a readable archive ({exc.__class__.__name__}: {exc}); it may be truncated or "
@@ -206,8 +210,12 @@ def _iter_archive(path: Path):
 
 
 def _iter_directory(path: Path):
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        yield file.relative_to(path).as_posix(), file.read_bytes
+    for entry in sorted(path.rglob("*")):
+        name = entry.relative_to(path).as_posix()
+        if entry.is_file():
+            yield name, entry.read_bytes
+        elif entry.is_dir():
+            yield name + "/", None
 
 
 def _layout_key(name: str):
@@ -245,6 +253,11 @@ def _decode_class_folders(path: Path, progress: bool) -> ImageDataset:
     class_dirs: dict[str, set[str]] = {}
     skipped: list[str] = []
     for name, payload in tqdm(entries, desc=f"reading {path.name}", unit=" files", disable=not progress):
+        if payload is None:  # a folder: remember split/class/ folders, to catch empty ones
+            parts = PurePosixPath(name).parts
+            if len(parts) >= 2 and parts[-2] in SPLIT_NAMES and not parts[-1].startswith("."):
+                class_dirs.setdefault(parts[-2], set()).add(parts[-1])
+            continue
         key = _layout_key(name)
         if key is None or PurePosixPath(name).name.startswith("."):
             continue  # files outside the layout, and hidden files such as .DS_Store
@@ -258,6 +271,10 @@ def _decode_class_folders(path: Path, progress: bool) -> ImageDataset:
             f"{path} does not hold the expected layout: train/<class>/<images> and test/<class>/<images> "
             f"(or val/<class>/<images>); found splits: {sorted(found) or 'none'}"
         )
+    for split in ("train", test_split):
+        empty = sorted(class_dirs.get(split, set()) - set(found[split]))
+        if empty:
+            raise UserError(f"{path}: class folder(s) {', '.join(f'{split}/{c}/' for c in empty)} hold no images")
     classes = sorted(found["train"])
     if len(classes) < 2:
         raise UserError(f"{path} has {len(classes)} class folder(s) under train/; a classifier needs at least two")

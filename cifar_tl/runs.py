@@ -80,6 +80,9 @@ def make_config(
             raise UserError(f"{name} must be a positive whole number (got {value!r})")
     if image_size is not None and image_size < 16:
         raise UserError(f"--image-size must be at least 16 pixels (got {image_size})")
+    if not isinstance(val_per_class, int) or val_per_class < 1:
+        raise UserError(f"--val-per-class must be a positive whole number (got {val_per_class!r}): "
+                        "validation images decide every choice")
     if not isinstance(seed, int) or seed < 0:
         raise UserError(f"--seed must be a whole number of at least 0 (got {seed!r})")
     if test_limit == _PROFILE_DEFAULT:

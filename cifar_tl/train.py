@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from . import augment
 from .backbones import Classifier
+from .errors import UserError
 from .recipes import Recipe, Stage
 
 
@@ -54,9 +55,25 @@ def eval_batch_size(device: torch.device) -> int:
 
 
 def pick_device(device: str | None = None) -> torch.device:
-    if device:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """`device`, checked, or the GPU when there is one."""
+    if not device:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        chosen = torch.device(device)
+    except RuntimeError:
+        raise UserError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {device!r} asked for, but PyTorch sees no CUDA GPU here; use --device cpu")
+    if chosen.type not in ("cpu", "cuda"):
+        raise UserError(f"device {device!r} is not supported; use cpu, cuda or cuda:N")
+    return chosen
+
+
+def place_model(model: nn.Module, device: torch.device) -> nn.Module:
+    """Move `model` to `device` in channels-last layout (faster for these convnets, GPU and CPU)."""
+    if device.type == "cpu":
+        tune_cpu_allocator()
+    return model.to(device, memory_format=torch.channels_last)
 
 
 def autocast(device: torch.device):
@@ -114,6 +131,48 @@ def set_trainable(model: Classifier, stage: Stage) -> list[str]:
                     if isinstance(sub, nn.modules.batchnorm._BatchNorm):
                         sub.eval()
     return [n for n in model.group_names() if n in chosen]
+
+
+def make_optimizer(model: Classifier, stage: Stage, recipe: Recipe, groups: list[str]) -> torch.optim.Optimizer:
+    """One parameter group per (layer group, decay or not): weight decay only on weights, not on
+    biases and BatchNorm parameters; each carries its base learning rate for the schedule."""
+    base_lrs = group_learning_rates(model, stage)
+    param_groups = []
+    for name in groups:
+        params = model.group_parameters(name)
+        decay = [p for p in params if p.ndim > 1]
+        no_decay = [p for p in params if p.ndim <= 1]
+        for subset, wd in ((decay, recipe.weight_decay), (no_decay, 0.0)):
+            if subset:
+                param_groups.append({"params": subset, "lr": base_lrs[name], "base_lr": base_lrs[name],
+                                     "weight_decay": wd, "group": name})
+    if stage.optimizer == "sgd":
+        return torch.optim.SGD(param_groups, momentum=stage.momentum, nesterov=True)
+    return torch.optim.AdamW(param_groups)
+
+
+def make_batch(images: torch.Tensor, index: torch.Tensor, model: Classifier, image_size: int, augmentation: str,
+               generator: torch.Generator | None) -> torch.Tensor:
+    """Model input for `images[index]`: uint8 on the device in, normalised float NCHW out."""
+    batch = images[index]
+    if batch.ndim == 2:  # cached features: nothing to prepare
+        return batch
+    if augmentation == "crop_flip":
+        x = augment.random_crop_flip(batch, image_size, model.mean, model.std, generator)
+    else:
+        x = augment.prepare(batch, image_size, model.mean, model.std)
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def training_step(net: nn.Module, x: torch.Tensor, targets: torch.Tensor, optimizer, loss_fn, device):
+    """Forward, backward and optimizer step; returns the loss and the logits (not synchronised)."""
+    with autocast(device):
+        logits = net(x)
+        loss = loss_fn(logits.float(), targets)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss, logits
 
 
 def _uses_features(model: Classifier, stage: Stage, recipe: Recipe) -> bool:
@@ -175,10 +234,7 @@ def train(
     progress: bool = True,
 ) -> TrainResult:
     """Train `model` through `stages`; x_* are uint8 (N, H, W, 3) tensors, y_* int64 labels."""
-    model.to(device)
-    if device.type == "cpu":
-        tune_cpu_allocator()
-    model.to(memory_format=torch.channels_last)  # faster on a GPU, and on the CPU too (measured)
+    place_model(model, device)
     generator = torch.Generator().manual_seed(seed)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
     result = TrainResult()
@@ -188,7 +244,6 @@ def train(
     epoch = 0
     for stage_index, stage in enumerate(stages):
         groups = set_trainable(model, stage)
-        base_lrs = group_learning_rates(model, stage)
         use_features = _uses_features(model, stage, recipe)
         if use_features:
             started = time.perf_counter()
@@ -200,20 +255,7 @@ def train(
         else:
             train_in, val_in, net = x_train, x_val, model
 
-        param_groups = []
-        for name in groups:
-            params = model.group_parameters(name)
-            decay = [p for p in params if p.ndim > 1]
-            no_decay = [p for p in params if p.ndim <= 1]
-            for subset, wd in ((decay, recipe.weight_decay), (no_decay, 0.0)):
-                if subset:
-                    param_groups.append({"params": subset, "lr": base_lrs[name], "base_lr": base_lrs[name],
-                                         "weight_decay": wd, "group": name})
-        if stage.optimizer == "sgd":
-            optimizer = torch.optim.SGD(param_groups, momentum=stage.momentum, nesterov=True)
-        else:
-            optimizer = torch.optim.AdamW(param_groups)
-
+        optimizer = make_optimizer(model, stage, recipe, groups)
         n = len(train_in)
         batch_size = min(recipe.batch_size, n)
         steps_per_epoch = n // batch_size  # drop the ragged last batch: BatchNorm needs full batches
@@ -235,20 +277,8 @@ def train(
                     group["lr"] = group["base_lr"] * factor
                     lrs_at_start.setdefault(group["group"], group["lr"])
                 targets = y_train[index]
-                if use_features:
-                    x = train_in[index]
-                elif recipe.augment == "crop_flip":
-                    x = augment.random_crop_flip(train_in[index], image_size, model.mean, model.std, generator)
-                else:
-                    x = augment.prepare(train_in[index], image_size, model.mean, model.std)
-                if x.ndim == 4:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                with autocast(device):
-                    logits = net(x)
-                    loss = loss_fn(logits.float(), targets)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                x = make_batch(train_in, index, model, image_size, recipe.augment, generator)
+                loss, logits = training_step(net, x, targets, optimizer, loss_fn, device)
                 step += 1
                 loss_sum += loss.detach() * len(index)
                 correct += (logits.argmax(1) == targets).sum()

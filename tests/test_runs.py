@@ -1,0 +1,317 @@
+"""Runs: config checks, the record and its name, reading back instead of re-running, determinism."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+import cifar_tl.runs as runs_module
+from cifar_tl.data import balanced_subset, load_dataset, source_checksum
+from cifar_tl.errors import UserError
+from cifar_tl.files import cache_dir
+from cifar_tl.runs import code_version, make_config, read_record, record_path, run, run_seeds
+
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path, monkeypatch):
+    """Each test gets its own run records (and data cache), so no test reads another's record."""
+    monkeypatch.setenv("CIFAR_TL_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+@pytest.fixture
+def count_training(monkeypatch):
+    """Wrap cifar_tl.runs.train to count how often a run really trains."""
+    calls = []
+    original = runs_module.train
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(runs_module, "train", counting)
+    return calls
+
+
+def _forbid_training(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("trained again instead of reading the record back")
+
+    monkeypatch.setattr(runs_module, "train", refuse)
+
+
+def _config(data, recipe="linear_probe", backbone="simple_cnn", **overrides):
+    options = dict(per_class=5, val_per_class=5, seed=0, profile="smoke", image_size=32, epochs=2)
+    options.update(overrides)
+    return make_config(recipe, backbone, data=str(data), **options)
+
+
+def _without_volatile(record):
+    """The record without what legitimately differs between two runs of one config (clock times)."""
+    return {k: v for k, v in record.items() if k not in ("created", "timing")}
+
+
+# -- make_config ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"recipe": "no_such_recipe"}, "unknown recipe 'no_such_recipe'.*linear_probe"),
+        ({"profile": "huge"}, "unknown profile 'huge'.*smoke"),
+        ({"backbone": "vgg99"}, "unknown backbone 'vgg99'.*efficientnet_lite0"),
+        ({"image_size": 0}, "--image-size"),
+        ({"image_size": -32}, "--image-size"),
+        ({"image_size": 8}, "--image-size must be at least 16"),
+        ({"epochs": 0}, "--epochs"),
+        ({"epochs": -1}, "--epochs"),
+        ({"per_class": 0}, "--per-class"),
+        ({"per_class": -5}, "--per-class"),
+        ({"per_class": 2.5}, "--per-class"),
+        ({"seed": -1}, "--seed"),
+        ({"test_limit": 0}, "--test-limit"),
+    ],
+)
+def test_make_config_rejects_bad_arguments(tiny_dataset, overrides, message):
+    options = {"recipe": "linear_probe", "backbone": "simple_cnn", "data": str(tiny_dataset), **overrides}
+    with pytest.raises(UserError, match=message):
+        make_config(**options)
+
+
+def test_make_config_fills_from_recipe_and_profile(tiny_dataset, monkeypatch):
+    smoke = make_config("linear_probe", "efficientnet_lite0", data=str(tiny_dataset))
+    assert smoke.image_size == 32 and smoke.test_limit == 500 and smoke.epochs is None
+    assert smoke.per_class == 100 and smoke.val_per_class == 50 and smoke.data == str(tiny_dataset)
+    full = make_config("linear_probe", "efficientnet_lite0", profile="full", data=str(tiny_dataset))
+    assert full.image_size == 224 and full.test_limit is None
+    # the from-scratch recipe fixes its own input size whatever the profile
+    assert make_config("scratch", "simple_cnn", profile="full", data=str(tiny_dataset)).image_size == 32
+    assert make_config("linear_probe", "simple_cnn", image_size=64, data=str(tiny_dataset)).image_size == 64
+    assert make_config("linear_probe", "simple_cnn", test_limit=None, data=str(tiny_dataset)).test_limit is None
+    monkeypatch.setenv("CIFAR_TL_DATA", str(tiny_dataset))
+    assert make_config("linear_probe", "simple_cnn").data == str(tiny_dataset)
+
+
+def test_make_config_rejects_negative_validation_count(tiny_dataset):
+    with pytest.raises(UserError, match="val"):
+        make_config("linear_probe", "simple_cnn", val_per_class=-1, data=str(tiny_dataset))
+
+
+# -- a run and its record ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "recipe, backbone",
+    [("linear_probe", "simple_cnn"), ("finetune_naive", "simple_cnn"), ("linear_probe", "efficientnet_lite0")],
+)
+def test_smoke_run_writes_a_complete_record(tiny_dataset, recipe, backbone, count_training):
+    config = _config(tiny_dataset, recipe, backbone)
+    path = record_path(config)
+    assert re.fullmatch(rf"{recipe}-{backbone}-s0-[0-9a-f]{{12}}\.json", path.name)
+    assert not path.exists()
+    record = run(config, progress=False)
+    assert count_training == [1]
+    assert path.is_file() and path.parent == cache_dir("runs")
+    assert json.loads(path.read_text()) == record
+    assert record["name"] == path.stem
+    assert record["code_version"] == code_version()
+
+    for key in ("config", "recipe", "data", "weights", "model", "metrics", "history", "timing", "machine"):
+        assert key in record, key
+    assert record["config"] == config.as_dict()
+    assert record["recipe"]["name"] == recipe
+    assert [s["epochs"] for s in record["recipe"]["stages"]] == [2]
+
+    data = record["data"]
+    classes = ["apple", "banana", "cherry"]
+    assert data["checksum"] == source_checksum(str(tiny_dataset))
+    assert data["classes"] == classes
+    assert data["counts"] == {"train": 15, "val": 15, "test": 30}
+    labels = load_dataset(tiny_dataset, progress=False).train_labels
+    expected_train, expected_val = balanced_subset(labels, 5, 5, seed=0)
+    assert data["train_indices"] == expected_train.tolist()
+    assert data["val_indices"] == expected_val.tolist()
+    assert data["seed"] == 0
+
+    assert record["weights"]["source"]
+    if backbone == "efficientnet_lite0":
+        assert record["weights"]["file"] == "efficientnet-lite0-57934424.pth"
+    assert record["model"]["groups"][-1] == "head"
+
+    metrics = record["metrics"]
+    assert 0 <= metrics["test_accuracy"] <= 1 and 0 <= metrics["val_accuracy"] <= 1
+    assert metrics["test_images"] == 30 and metrics["test_limited"] is False
+    assert metrics["val_accuracy"] == record["history"][-1]["val_accuracy"]
+    assert list(metrics["per_class_accuracy"]) == classes
+    confusion = np.array(metrics["confusion_matrix"])
+    assert confusion.shape == (3, 3) and confusion.sum() == 30
+    assert confusion.sum(1).tolist() == [10, 10, 10]
+    assert metrics["test_accuracy"] == pytest.approx(np.trace(confusion) / 30)
+    per_class = np.diag(confusion) / 10
+    assert list(metrics["per_class_accuracy"].values()) == pytest.approx(per_class.tolist())
+    assert len(metrics["test_predictions"]) == len(metrics["test_labels"]) == 30
+
+    history = record["history"]
+    assert [h["epoch"] for h in history] == [1, 2]
+    for entry in history:
+        assert {"train_loss", "val_loss", "train_accuracy", "val_accuracy", "lr"} <= entry.keys()
+    trained = ["head"] if recipe == "linear_probe" else record["model"]["groups"]
+    assert list(history[0]["lr"]) == trained
+
+    timing = record["timing"]
+    assert timing["total_seconds"] > 0 and timing["eval_seconds"] >= 0 and timing["device"] == "cpu"
+    if recipe == "linear_probe":
+        assert timing["feature_seconds"] > 0
+    else:
+        assert timing["train_images_per_second"] > 0
+    machine = record["machine"]
+    for key in ("cpu", "cpu_count", "torch", "torchvision", "numpy", "python", "cifar_tl"):
+        assert machine[key], key
+
+
+def test_smoke_run_learns_the_tiny_task(tiny_dataset):
+    """The tiny dataset's classes differ in colour: fine-tuning must get them mostly right."""
+    # the full profile: the smoke profile would cap the epochs at 2
+    config = _config(tiny_dataset, "finetune_naive", profile="full", epochs=8, per_class=20)
+    record = run(config, progress=False)
+    assert [s["epochs"] for s in record["recipe"]["stages"]] == [8]
+    assert record["metrics"]["test_images"] == 30 and record["metrics"]["test_limited"] is False
+    assert record["metrics"]["test_accuracy"] >= 0.8
+    assert record["history"][-1]["val_accuracy"] >= 0.8
+
+
+def test_test_limit_caps_and_says_so(tiny_dataset):
+    record = run(_config(tiny_dataset, test_limit=6), progress=False)
+    metrics = record["metrics"]
+    assert metrics["test_images"] == 6 and metrics["test_limited"] is True
+    assert np.array(metrics["confusion_matrix"]).sum(1).tolist() == [2, 2, 2]
+    assert record["data"]["counts"]["test"] == 6
+
+
+def test_record_name_is_stable_and_names_the_config(tiny_dataset, make_tar_gz, tmp_path):
+    config = _config(tiny_dataset)
+    assert record_path(config) == record_path(_config(tiny_dataset))
+    others = {
+        record_path(_config(tiny_dataset, seed=1)),
+        record_path(_config(tiny_dataset, per_class=6)),
+        record_path(_config(tiny_dataset, epochs=1)),
+        record_path(_config(tiny_dataset, image_size=48)),
+        record_path(_config(tiny_dataset, "finetune_naive")),
+    }
+    assert record_path(config) not in others and len(others) == 5
+    # the data path is not part of the name, its content is: one archive in two places, one name
+    archive = make_tar_gz(tiny_dataset, tmp_path / "a.tar.gz")
+    (tmp_path / "elsewhere").mkdir()
+    copy = shutil.copy(archive, tmp_path / "elsewhere" / "b.tar.gz")
+    assert record_path(_config(archive)) == record_path(_config(copy))
+    assert record_path(_config(archive)) != record_path(config)
+
+
+def test_existing_record_is_read_back_without_training(tiny_dataset, monkeypatch):
+    config = _config(tiny_dataset)
+    first = run(config, progress=False)
+    _forbid_training(monkeypatch)
+    second = run(config, progress=False)
+    assert second == first
+    # the same arguments made again name the same record
+    assert run(_config(tiny_dataset), progress=False) == first
+
+
+def test_force_runs_again(tiny_dataset, count_training):
+    config = _config(tiny_dataset)
+    first = run(config, progress=False)
+    second = run(config, force=True, progress=False)
+    assert count_training == [1, 1]
+    assert second["created"] >= first["created"]
+    assert json.loads(record_path(config).read_text()) == second
+
+
+def test_return_model_runs_and_returns_the_trained_model(tiny_dataset, count_training):
+    config = _config(tiny_dataset)
+    run(config, progress=False)
+    record, model = run(config, progress=False, return_model=True)
+    assert count_training == [1, 1]
+    assert model.name == "simple_cnn" and model.head.out_features == 3
+    assert record["model"]["groups"] == model.group_names()
+
+
+@pytest.mark.parametrize("recipe", ["finetune_naive", "linear_probe"])
+def test_same_config_gives_identical_results_on_cpu(tiny_dataset, recipe):
+    config = _config(tiny_dataset, recipe)
+    first = run(config, force=True, progress=False)
+    second = run(config, force=True, progress=False)
+    assert first["metrics"] == second["metrics"]
+    assert first["history"] == second["history"]
+    assert _without_volatile(first) == _without_volatile(second)
+
+
+def test_different_seeds_give_different_subsets(tiny_dataset):
+    records = run_seeds("linear_probe", "simple_cnn", "smoke", data=str(tiny_dataset), per_class=5,
+                        val_per_class=5, epochs=1, progress=False)
+    assert [r["config"]["seed"] for r in records] == [0, 1]  # the smoke profile's seeds
+    assert records[0]["data"]["train_indices"] != records[1]["data"]["train_indices"]
+    assert records[0]["name"] != records[1]["name"]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "stale code"])
+def test_a_damaged_or_stale_record_is_not_trusted(tiny_dataset, count_training, damage, capsys):
+    config = _config(tiny_dataset)
+    path = record_path(config)
+    first = run(config, progress=False)
+    text = path.read_text()
+    if damage == "truncated":
+        path.write_text(text[: len(text) // 2])
+    elif damage == "empty":
+        path.write_text("")
+    else:
+        path.write_text(json.dumps({**first, "code_version": "0.0.0+000000000000"}))
+    assert damage == "stale code" or read_record(path) is None
+    again = run(config, progress=False)
+    assert count_training == [1, 1]
+    assert "running again" in capsys.readouterr().err
+    assert json.loads(path.read_text()) == again
+    assert again["metrics"] == first["metrics"]
+
+
+def test_no_temporary_files_are_left_behind(tiny_dataset):
+    for seed in (0, 1):
+        run(_config(tiny_dataset, seed=seed), progress=False)
+    run(_config(tiny_dataset), force=True, progress=False)
+    runs_dir = cache_dir("runs")
+    assert len(list(runs_dir.glob("*.json"))) == 2
+    leftovers = [p.name for p in cache_dir().rglob("*") if p.name.startswith(".tmp-")]
+    assert leftovers == []
+
+
+def test_an_interrupted_write_keeps_the_old_record(tiny_dataset, monkeypatch):
+    import cifar_tl.files as files_module
+
+    config = _config(tiny_dataset)
+    first = run(config, progress=False)
+    path = record_path(config)
+    real_write_json = files_module.write_json
+
+    def interrupted_write_json(target, obj):
+        def interrupt(*args, **kwargs):
+            raise KeyboardInterrupt
+
+        # only now, inside the write: record_path also uses files.json to hash the config
+        monkeypatch.setattr(files_module, "json", SimpleNamespace(dumps=interrupt))
+        real_write_json(target, obj)
+
+    monkeypatch.setattr(runs_module, "write_json", interrupted_write_json)
+    with pytest.raises(KeyboardInterrupt):
+        run(config, force=True, progress=False)
+    monkeypatch.undo()
+    assert json.loads(path.read_text()) == first
+    assert not [p for p in path.parent.iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_zero_validation_images_is_refused_clearly(tiny_dataset):
+    with pytest.raises(UserError, match="--val-per-class must be a positive whole number"):
+        run(_config(tiny_dataset, val_per_class=0), progress=False)
