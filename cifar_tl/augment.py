@@ -6,6 +6,7 @@ model's input size in one resize (or one `grid_sample` that also crops, scales a
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -62,3 +63,79 @@ def random_crop_flip(
     grid = F.affine_grid(theta, (n, 3, size, size), align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
     return _normalise(x, mean, std)
+
+
+# -- mixing: MixUp and CutMix, on whole batches ------------------------------------------------------------
+
+
+def mixup(x: torch.Tensor, targets: torch.Tensor, lam: float, perm: torch.Tensor):
+    """Blend every image with `x[perm]`: `lam * x + (1 - lam) * x[perm]`, targets likewise.
+
+    `targets` are probabilities (N, classes); the mixed targets still sum to one.
+    """
+    return lam * x + (1 - lam) * x[perm], lam * targets + (1 - lam) * targets[perm]
+
+
+def cutmix_box(height: int, width: int, lam: float, rng: np.random.Generator) -> tuple[int, int, int, int]:
+    """A box (top, bottom, left, right) covering about `1 - lam` of the image, centred at random
+    and clipped to the image (so its area can be smaller; `cutmix` uses the area it really has)."""
+    cut = np.sqrt(1.0 - lam)
+    h, w = int(round(height * cut)), int(round(width * cut))
+    cy, cx = int(rng.integers(0, height)), int(rng.integers(0, width))
+    top, bottom = np.clip([cy - h // 2, cy - h // 2 + h], 0, height)
+    left, right = np.clip([cx - w // 2, cx - w // 2 + w], 0, width)
+    return int(top), int(bottom), int(left), int(right)
+
+
+def cutmix(x: torch.Tensor, targets: torch.Tensor, lam: float, perm: torch.Tensor, rng: np.random.Generator):
+    """Paste a box of `x[perm]` into every image; targets mix by the pasted area's share.
+
+    Returns the images, the targets and the λ actually used (1 - box area / image area).
+    """
+    top, bottom, left, right = cutmix_box(x.shape[-2], x.shape[-1], lam, rng)
+    x = x.clone()
+    x[:, :, top:bottom, left:right] = x[perm][:, :, top:bottom, left:right]
+    lam = 1.0 - (bottom - top) * (right - left) / (x.shape[-2] * x.shape[-1])
+    return x, lam * targets + (1 - lam) * targets[perm], lam
+
+
+def mix_batch(x, labels, n_classes, mixup_alpha, cutmix_alpha, rng: np.random.Generator, generator=None):
+    """MixUp or CutMix (one of them per batch, at random, when both are on) with λ ~ Beta(α, α).
+
+    Returns the images and soft targets (N, classes) that sum to one.
+    """
+    targets = F.one_hot(labels, n_classes).float()
+    choices = [kind for kind, alpha in (("mixup", mixup_alpha), ("cutmix", cutmix_alpha)) if alpha > 0]
+    if not choices:
+        return x, targets
+    kind = choices[int(rng.integers(len(choices)))]
+    alpha = mixup_alpha if kind == "mixup" else cutmix_alpha
+    lam = float(rng.beta(alpha, alpha))
+    perm = torch.randperm(len(x), generator=generator).to(x.device)
+    if kind == "mixup":
+        return mixup(x, targets, lam, perm)
+    x, targets, _ = cutmix(x, targets, lam, perm, rng)
+    return x, targets
+
+
+# -- test-time augmentation ---------------------------------------------------------------------------------
+
+TTA_MODES = ("none", "flip", "flip_shift")
+
+
+def tta_views(x: torch.Tensor, mode: str) -> list[torch.Tensor]:
+    """The views of a normalised batch that test-time augmentation averages.
+
+    "flip": the batch and its mirror image. "flip_shift": those two, plus the batch shifted by 1/16
+    of its side left, right, up and down (edge pixels repeat), six views in all.
+    """
+    if mode == "none":
+        return [x]
+    views = [x, torch.flip(x, dims=[-1])]
+    if mode == "flip_shift":
+        s = max(1, x.shape[-1] // 16)
+        padded = F.pad(x, (s, s, s, s), mode="replicate")
+        h, w = x.shape[-2:]
+        for dy, dx in ((0, -s), (0, s), (-s, 0), (s, 0)):
+            views.append(padded[..., s + dy : s + dy + h, s + dx : s + dx + w])
+    return views

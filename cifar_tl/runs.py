@@ -188,11 +188,17 @@ def run(config: RunConfig, force: bool = False, progress: bool = True, device: s
                    config.seed, progress)
 
     eval_started = time.perf_counter()
-    test_logits = compute_outputs(model, x_test, config.image_size, eval_batch_size(chosen_device), chosen_device,
-                                  progress=progress, desc="test set")
+    batch = eval_batch_size(chosen_device)
+    test_logits = compute_outputs(model, x_test, config.image_size, batch, chosen_device, progress=progress,
+                                  desc="test set", tta=recipe.tta)
     eval_seconds = time.perf_counter() - eval_started
     n_classes = len(dataset.classes)
     test = classification_metrics(test_logits, y_test.numpy(), n_classes)
+    if recipe.tta != "none" or recipe.ema_decay > 0:  # the final model differs from the last epoch's
+        val_logits = compute_outputs(model, x_val, config.image_size, batch, chosen_device, tta=recipe.tta)
+        val_accuracy = classification_metrics(val_logits, y_val.numpy(), n_classes)["accuracy"]
+    else:
+        val_accuracy = result.history[-1]["val_accuracy"]
 
     record = {
         "name": path.stem,
@@ -217,7 +223,7 @@ def run(config: RunConfig, force: bool = False, progress: bool = True, device: s
             "test_loss": test["loss"],
             "test_images": len(test_idx),
             "test_limited": config.test_limit is not None and len(test_idx) < len(dataset.test_labels),
-            "val_accuracy": result.history[-1]["val_accuracy"],
+            "val_accuracy": val_accuracy,
             "per_class_accuracy": dict(zip(dataset.classes, test["per_class_accuracy"])),
             "confusion_matrix": test["confusion_matrix"],
             "test_predictions": test["predictions"],

@@ -165,7 +165,10 @@ def make_batch(images: torch.Tensor, index: torch.Tensor, model: Classifier, ima
 
 
 def training_step(net: nn.Module, x: torch.Tensor, targets: torch.Tensor, optimizer, loss_fn, device):
-    """Forward, backward and optimizer step; returns the loss and the logits (not synchronised)."""
+    """Forward, backward and optimizer step; returns the loss and the logits (not synchronised).
+
+    `targets` are class indices, or probabilities (N, classes) after MixUp/CutMix.
+    """
     with autocast(device):
         logits = net(x)
         loss = loss_fn(logits.float(), targets)
@@ -175,13 +178,24 @@ def training_step(net: nn.Module, x: torch.Tensor, targets: torch.Tensor, optimi
     return loss, logits
 
 
+def _augments(stage: Stage, recipe: Recipe) -> bool:
+    mixing = recipe.mixup_alpha > 0 or recipe.cutmix_alpha > 0
+    return stage.augment and (recipe.augment != "none" or mixing)
+
+
 def _uses_features(model: Classifier, stage: Stage, recipe: Recipe) -> bool:
-    return trainable_groups(model, stage) == ["head"] and recipe.augment == "none" and stage.frozen_bn == "eval"
+    """A stage that trains only the head, on unaugmented images, can train on cached features."""
+    return trainable_groups(model, stage) == ["head"] and not _augments(stage, recipe) and stage.frozen_bn == "eval"
 
 
 @torch.inference_mode()
-def compute_outputs(model, images, size, batch_size, device, features=False, progress=False, desc="evaluating"):
-    """The model's logits (or the body's pooled features) for uint8 images, as float32 on the CPU."""
+def compute_outputs(model, images, size, batch_size, device, features=False, progress=False, desc="evaluating",
+                    tta="none"):
+    """The model's logits (or the body's pooled features) for uint8 images, as float32 on the CPU.
+
+    With test-time augmentation, the softmax probabilities of the views are averaged and their log
+    is returned in place of logits (argmax and cross-entropy then apply to the averaged prediction).
+    """
     if device.type == "cpu":
         tune_cpu_allocator()
     was_training = model.training
@@ -193,7 +207,12 @@ def compute_outputs(model, images, size, batch_size, device, features=False, pro
         x = augment.prepare(batch, size, model.mean, model.std)
         x = x.contiguous(memory_format=torch.channels_last)
         with autocast(device):
-            outputs.append(net(x).float().cpu())
+            if features or tta == "none":
+                outputs.append(net(x).float().cpu())
+            else:
+                views = augment.tta_views(x, tta)
+                probs = sum(net(v).float().softmax(1) for v in views) / len(views)
+                outputs.append(probs.clamp_min(1e-12).log().cpu())
     model.train(was_training)
     return torch.cat(outputs) if outputs else torch.empty(0)
 
@@ -236,6 +255,13 @@ def train(
     """Train `model` through `stages`; x_* are uint8 (N, H, W, 3) tensors, y_* int64 labels."""
     place_model(model, device)
     generator = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)  # λ and boxes of MixUp/CutMix
+    n_classes = model.head.out_features
+    ema = None
+    if recipe.ema_decay > 0:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(recipe.ema_decay), use_buffers=True)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
     result = TrainResult()
     x_train, y_train = x_train.to(device), y_train.to(device)
@@ -277,8 +303,18 @@ def train(
                     group["lr"] = group["base_lr"] * factor
                     lrs_at_start.setdefault(group["group"], group["lr"])
                 targets = y_train[index]
-                x = make_batch(train_in, index, model, image_size, recipe.augment, generator)
-                loss, logits = training_step(net, x, targets, optimizer, loss_fn, device)
+                augmenting = _augments(stage, recipe)
+                x = make_batch(train_in, index, model, image_size, recipe.augment if augmenting else "none",
+                               generator)
+                if augmenting and (recipe.mixup_alpha > 0 or recipe.cutmix_alpha > 0):
+                    x, soft = augment.mix_batch(x, targets, n_classes, recipe.mixup_alpha, recipe.cutmix_alpha,
+                                                rng, generator)
+                    loss, logits = training_step(net, x, soft, optimizer, loss_fn, device)
+                    targets = soft.argmax(1)  # the dominant class, for the training accuracy
+                else:
+                    loss, logits = training_step(net, x, targets, optimizer, loss_fn, device)
+                if ema is not None:
+                    ema.update_parameters(model)
                 step += 1
                 loss_sum += loss.detach() * len(index)
                 correct += (logits.argmax(1) == targets).sum()
@@ -307,5 +343,7 @@ def train(
             }
             result.history.append(record)
             bar.set_postfix(train=f"{record['train_accuracy']:.3f}", val=f"{record['val_accuracy']:.3f}")
+    if ema is not None:  # the averaged weights (and BatchNorm statistics) become the model's
+        model.load_state_dict(ema.module.state_dict())
     model.eval()
     return result

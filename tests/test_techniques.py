@@ -1,0 +1,118 @@
+"""Mechanics of the techniques (not their accuracy): MixUp, CutMix, TTA, EMA, staged unfreezing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cifar_tl import augment
+from cifar_tl.backbones import create_model
+from cifar_tl.recipes import RECIPES, Recipe, Stage
+from cifar_tl.train import compute_outputs, train
+
+
+def test_mixup_blends_images_and_targets_with_the_drawn_lambda():
+    x = torch.rand(6, 3, 8, 8)
+    targets = torch.nn.functional.one_hot(torch.arange(6) % 3, 3).float()
+    perm = torch.tensor([1, 2, 3, 4, 5, 0])
+    mixed, soft = augment.mixup(x, targets, 0.3, perm)
+    assert torch.allclose(mixed, 0.3 * x + 0.7 * x[perm])
+    assert torch.allclose(soft.sum(1), torch.ones(6))
+    assert torch.allclose(soft, 0.3 * targets + 0.7 * targets[perm])
+
+
+@pytest.mark.parametrize("lam", [0.2, 0.5, 0.9])
+def test_cutmix_box_area_matches_its_lambda(lam):
+    rng = np.random.default_rng(0)
+    x = torch.zeros(4, 3, 40, 40)
+    x[2:] = 1.0  # the permuted half is ones, so the pasted box is visible
+    perm = torch.tensor([2, 3, 0, 1])
+    targets = torch.nn.functional.one_hot(torch.tensor([0, 0, 1, 1]), 2).float()
+    mixed, soft, used = augment.cutmix(x, targets, lam, perm, rng)
+    pasted = (mixed[0, 0] == 1.0).float().mean().item()  # share of image 0 that came from image 2
+    assert pasted == pytest.approx(1 - used, abs=1e-6)
+    assert torch.allclose(soft[0], torch.tensor([used, 1 - used]))
+    # Unclipped boxes have the area λ asks for (to a pixel's rounding); clipped ones are smaller.
+    assert 1 - used <= (1 - lam) + 2 * np.sqrt(1 - lam) / 40 + 1e-6
+
+
+def test_mix_batch_targets_always_sum_to_one():
+    rng = np.random.default_rng(1)
+    x = torch.rand(8, 3, 16, 16)
+    labels = torch.randint(0, 5, (8,))
+    for _ in range(20):
+        _, soft = augment.mix_batch(x, labels, 5, 0.2, 1.0, rng)
+        assert torch.allclose(soft.sum(1), torch.ones(8), atol=1e-6)
+
+
+def test_tta_averages_the_views_it_says_it_does():
+    x = torch.rand(2, 3, 32, 32)
+    assert len(augment.tta_views(x, "none")) == 1
+    flip = augment.tta_views(x, "flip")
+    assert len(flip) == 2 and torch.equal(flip[1], torch.flip(x, dims=[-1]))
+    views = augment.tta_views(x, "flip_shift")
+    assert len(views) == 6
+    assert torch.equal(views[2][..., :, 2:], x[..., :, :-2])  # shifted by 32 // 16 = 2 pixels
+
+    class Probe(torch.nn.Module):  # its logits are the mean of the first channel's left half
+        mean, std, body = (0.0,) * 3, (1 / 255,) * 3, None
+
+        def forward(self, v):
+            return torch.stack([v[:, 0, :, :16].mean((1, 2)), torch.zeros(len(v))], 1)
+
+    images = torch.randint(0, 256, (2, 32, 32, 3), dtype=torch.uint8)
+    out = compute_outputs(Probe(), images, 32, 2, torch.device("cpu"), tta="flip")
+    prepared = augment.prepare(images, 32, Probe.mean, Probe.std)
+    expected = sum(Probe()(v).softmax(1) for v in augment.tta_views(prepared, "flip")) / 2
+    assert torch.allclose(out.exp(), expected, atol=1e-5)
+
+
+def _tiny_data(n=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % 2
+    x = torch.randint(0, 60, (n, 16, 16, 3), dtype=torch.uint8, generator=g)
+    x[y == 1, :, :, 0] += 150
+    return x, y
+
+
+def test_staged_unfreezing_keeps_frozen_groups_still_until_their_stage():
+    torch.manual_seed(0)
+    model = create_model("simple_cnn", 2)
+    x, y = _tiny_data()
+    recipe = Recipe("staged", "", (Stage(epochs=1, lr=1e-2, train="head"), Stage(epochs=1, lr=1e-2, train=2),
+                                   Stage(epochs=1, lr=1e-2, train="all")), batch_size=8)
+    snapshots = []
+    for stage in recipe.stages:  # run stage by stage and snapshot the stem after each
+        train(model, recipe, (stage,), x, y, x[:8], y[:8], 16, torch.device("cpu"), 0, progress=False)
+        snapshots.append({n: p.detach().clone() for n, p in model.named_parameters()})
+    block1 = [n for n in snapshots[0] if n.startswith("body.0.")]
+    block3 = [n for n in snapshots[0] if n.startswith("body.2.")]
+    torch.manual_seed(0)  # the same seed rebuilds the same initial weights
+    initial = {n: p.detach().clone() for n, p in create_model("simple_cnn", 2).named_parameters()}
+    assert all(torch.equal(snapshots[0][n], initial[n]) for n in block1 + block3)  # head only
+    assert all(torch.equal(snapshots[1][n], initial[n]) for n in block1)  # top 2 groups: block3 + head
+    assert any(not torch.equal(snapshots[1][n], initial[n]) for n in block3)
+    assert any(not torch.equal(snapshots[2][n], snapshots[1][n]) for n in block1)  # all
+
+
+def test_ema_weights_are_the_moving_average_not_the_last_step():
+    x, y = _tiny_data()
+    results = {}
+    for decay in (0.0, 0.9):
+        torch.manual_seed(0)
+        model = create_model("simple_cnn", 2)
+        recipe = Recipe("ema", "", (Stage(epochs=2, lr=1e-2, train="all"),), batch_size=8, ema_decay=decay)
+        train(model, recipe, recipe.stages, x, y, x[:8], y[:8], 16, torch.device("cpu"), 0, progress=False)
+        results[decay] = {n: p.detach().clone() for n, p in model.named_parameters()}
+    assert any(not torch.equal(results[0.0][n], results[0.9][n]) for n in results[0.0])
+
+
+def test_the_ladder_changes_one_thing_at_a_time():
+    ladder = ["finetune_naive", "ft_cosine", "ft_discriminative", "ft_lpft", "ft_crop_flip", "ft_mix",
+              "ft_regularised", "full"]
+    for before, after in zip(ladder, ladder[1:]):
+        a, b = RECIPES[before], RECIPES[after]
+        changed = [k for k in ("weight_decay", "label_smoothing", "augment", "mixup_alpha", "cutmix_alpha",
+                               "tta", "ema_decay", "batch_size") if getattr(a, k) != getattr(b, k)]
+        assert len(changed) <= 2 and (changed or a.stages != b.stages), (before, after, changed)
