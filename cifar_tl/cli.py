@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--recipe", default="linear_probe", help=f"one of: {', '.join(RECIPES)}")
     train.add_argument("--per-class", type=_positive_int, default=100, help="labelled training images per class")
     train.add_argument("--seed", type=_non_negative_int, default=0, help="which subset to draw")
-    train.add_argument("--profile", default="smoke", help=f"one of: {', '.join(PROFILES)}")
+    train.add_argument("--profile", default="full", help=f"one of: {', '.join(PROFILES)} (default: full)")
     train.add_argument("--image-size", type=_positive_int, help="input side in pixels (default: the profile's)")
     train.add_argument("--epochs", type=_positive_int, help="epochs of every stage (default: the recipe's)")
     train.add_argument("--test-limit", type=_test_limit, default=argparse.SUPPRESS,
@@ -69,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if there is one)")
     train.add_argument("--force", action="store_true", help="train again even if the record exists")
     train.add_argument("--json", action="store_true", help="print exactly the run record as JSON on stdout")
+    train.add_argument("--save-checkpoint", metavar="PATH",
+                       help="train (even if the record exists) and save the model to PATH (a .pt file)")
 
     commands.add_parser("chapters", help="list the chapters, one line each, starting with its id")
 
@@ -89,6 +91,18 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", help="also write the result as JSON to this file (atomically)")
     bench.add_argument("--json", action="store_true", help="print exactly the result as JSON on stdout")
 
+    predict = commands.add_parser("predict", help="classify image files with a saved checkpoint")
+    predict.add_argument("--checkpoint", required=True, help="a .pt file from `cifar-tl train --save-checkpoint`")
+    predict.add_argument("images", nargs="+", metavar="IMAGE", help="image files of any size and format Pillow reads")
+    predict.add_argument("--top", type=_positive_int, default=3, help="classes to show per image (default: 3)")
+    predict.add_argument("--json", action="store_true", help="print exactly a JSON list, one object per image")
+
+    app = commands.add_parser("app", help="the demo web app: every checkpoint in a folder, side by side")
+    app.add_argument("--checkpoints", default="checkpoints", metavar="DIR",
+                     help="folder of .pt checkpoints (default: ./checkpoints)")
+    app.add_argument("--port", type=_positive_int, default=7860, help="port to listen on (default: 7860)")
+    app.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+
     book = commands.add_parser("book", help="execute every chapter and build the website into _build/html")
     book.add_argument("--profile", help=f"one of: {', '.join(PROFILES)} (default: full on a GPU, smoke on a CPU)")
     return parser
@@ -102,7 +116,14 @@ def _train(args) -> None:
         image_size=args.image_size, epochs=args.epochs, test_limit=getattr(args, "test_limit", "profile"),
         val_per_class=args.val_per_class, data=args.data,
     )
-    record = run(config, force=args.force, progress=True, device=args.device)
+    if args.save_checkpoint:
+        from .checkpoints import save_checkpoint
+
+        record, model = run(config, force=args.force, progress=True, device=args.device, return_model=True)
+        save_checkpoint(args.save_checkpoint, model, record["data"]["classes"], config.image_size, record)
+        print(f"cifar-tl: saved checkpoint {args.save_checkpoint}", file=sys.stderr)
+    else:
+        record = run(config, force=args.force, progress=True, device=args.device)
     if args.json:
         json.dump(record, sys.stdout)
         sys.stdout.write("\n")
@@ -146,6 +167,29 @@ def _bench(args) -> None:
           f"  evaluation: {result['eval_images_per_second']:.1f} images/s")
 
 
+def _predict(args) -> None:
+    from .checkpoints import load_checkpoint, predict_images
+
+    model, info = load_checkpoint(args.checkpoint)
+    results = predict_images(model, info, args.images, args.top)
+    if args.json:
+        json.dump(results, sys.stdout)
+        sys.stdout.write("\n")
+        return
+    width = max(len(p["label"]) for result in results for p in result["predictions"])
+    for result in results:
+        print(result["image"])
+        for rank, p in enumerate(result["predictions"], 1):
+            print(f"  {rank:>2}. {p['label']:<{width}}  {100 * p['probability']:6.2f}%")
+
+
+def _app(args) -> None:
+    from .app import checkpoint_files, launch
+
+    checkpoint_files(args.checkpoints)  # a missing or empty folder fails here, before gradio loads
+    launch(args.checkpoints, host=args.host, port=args.port)
+
+
 def _book(args) -> None:
     from .chapters import build_book, default_profile
     from .recipes import get_profile
@@ -183,6 +227,10 @@ def main(argv: list[str] | None = None) -> int:
             _bench(args)
         elif args.command == "book":
             _book(args)
+        elif args.command == "predict":
+            _predict(args)
+        elif args.command == "app":
+            _app(args)
         return 0
     except UserError as exc:
         if debug:

@@ -4,7 +4,10 @@ and tiny class-folder datasets written with PIL."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import tarfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -160,3 +163,17 @@ def pack_tar_gz(directory: Path, target: Path | None = None, prefix: str | None 
 def make_tar_gz():
     """A factory: make_tar_gz(directory, target=None, prefix=None) packs a class-folder directory."""
     return pack_tar_gz
+
+
+@pytest.fixture(scope="session")
+def built_book() -> Path:
+    """`cifar-tl book --profile smoke`, run once per session as a user would (timed); returns _build/.
+
+    The chapter tests and the website's browser test share it, so the book is built once.
+    """
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "cifar_tl.cli", "book", "--profile", "smoke"],
+                          capture_output=True, text=True, timeout=1500, env=os.environ.copy())
+    print(f"\nsmoke book built in {time.perf_counter() - started:.0f} s")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return Path(__file__).resolve().parents[1] / "_build"

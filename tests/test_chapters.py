@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,18 +12,6 @@ from cifar_tl.chapters import ROOT, build_book, chapters
 from cifar_tl.errors import UserError
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def built_book():
-    """`cifar-tl book --profile smoke`, run once as a user would, timed."""
-    started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "cifar_tl.cli", "book", "--profile", "smoke"],
-                          capture_output=True, text=True, timeout=1500, env=os.environ.copy())
-    seconds = time.perf_counter() - started
-    print(f"\nsmoke book built in {seconds:.0f} s")
-    assert done.returncode == 0, done.stderr[-3000:]
-    return ROOT / "_build"
 
 
 def _outputs(notebook: Path) -> list[dict]:

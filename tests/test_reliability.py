@@ -71,7 +71,7 @@ def test_sigint_during_decoding_and_training_leaves_nothing_corrupt(tmp_path, jp
                           env={**os.environ, "CIFAR_TL_CACHE": str(cache)}, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["metrics"]["test_images"] == 500  # the smoke profile's cap
+    assert json.loads(done.stdout)["metrics"]["test_images"] == 10000  # the full profile: every test image
     _all_cache_files_valid(cache)
     assert not _temporary_files(cache)
 

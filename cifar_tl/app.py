@@ -1,0 +1,195 @@
+"""The demo app: every checkpoint in a folder classifies the same image, side by side, with a
+benchmark table of their test accuracy, parameters and file size.
+
+`cifar-tl app --checkpoints DIR` runs it (Gradio, on 127.0.0.1 by default). It works offline: no
+analytics, a theme with system fonts only, and nothing loaded from outside the server.
+Gradio is an optional dependency: `pip install -e '.[app]'`.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from .checkpoints import load_checkpoint, predict_arrays
+from .errors import UserError
+
+EXAMPLE_DISPLAY_SIZE = 128
+MAX_EXAMPLES = 10
+TOP_K = 3
+
+
+def _gradio():
+    """Import gradio with telemetry off (the variable must be set before the import)."""
+    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    try:
+        import gradio as gr
+    except ImportError as exc:
+        raise UserError("the demo app needs gradio: pip install -e '.[app]' (or pip install 'cifar-tl[app]')") from exc
+    return gr
+
+
+def offline_theme():
+    """Gradio's default look with system fonts: the stock theme would fetch fonts from Google."""
+    gr = _gradio()
+    return gr.themes.Default(font=["system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
+
+
+def checkpoint_files(checkpoint_dir: str | os.PathLike) -> list[Path]:
+    """The *.pt files of `checkpoint_dir`, sorted; a missing or empty folder is a `UserError`."""
+    folder = Path(checkpoint_dir).expanduser()
+    how = "train one with `cifar-tl train ... --save-checkpoint DIR/NAME.pt`"
+    if not folder.is_dir():
+        raise UserError(f"checkpoint folder {checkpoint_dir} does not exist; pass --checkpoints DIR; {how}")
+    files = sorted(p for p in folder.glob("*.pt") if p.is_file())
+    if not files:
+        raise UserError(f"checkpoint folder {checkpoint_dir} holds no *.pt checkpoint; {how}")
+    return files
+
+
+def _synthetic_examples(count: int = 4) -> list[tuple[str, np.ndarray]]:
+    """Small drawn scenes (32x32) for when no dataset is at hand."""
+    rng = np.random.default_rng(0)
+    scenes = []
+    for i in range(count):
+        sky = np.linspace([90, 150, 230], [200, 220, 250], 32).astype(np.uint8)[:, None, :].repeat(32, 1)
+        image = Image.fromarray(sky)
+        draw = ImageDraw.Draw(image)
+        draw.rectangle([0, 22, 31, 31], fill=(70, 140, 60) if i % 2 else (60, 90, 160))
+        colour = tuple(int(c) for c in rng.integers(30, 230, 3))
+        if i % 2:
+            draw.ellipse([8, 10, 24, 26], fill=colour)
+        else:
+            draw.polygon([(4, 22), (16, 8), (28, 22)], fill=colour)
+        scenes.append((f"synthetic {i + 1}", np.asarray(image)))
+    return scenes
+
+
+def _dataset_examples(source: str) -> list[tuple[str, np.ndarray]]:
+    """One test image per class (at most MAX_EXAMPLES) from the dataset `source`."""
+    from .data import load_dataset
+
+    dataset = load_dataset(source, progress=False)
+    examples = []
+    for c, name in enumerate(dataset.classes[:MAX_EXAMPLES]):
+        where = np.flatnonzero(dataset.test_labels == c)
+        if len(where):
+            examples.append((name, dataset.test_images[where[0]]))
+    return examples
+
+
+def write_examples(folder: Path) -> tuple[list[str], list[str]]:
+    """Write example images into `folder`: from the test split of $CIFAR_TL_DATA if it is set, else
+    drawn. Small ones are enlarged to 128x128 for display. Returns (paths, captions)."""
+    source = os.environ.get("CIFAR_TL_DATA")
+    examples = []
+    if source:
+        try:
+            examples = _dataset_examples(source)
+        except UserError as exc:
+            print(f"cifar-tl: no examples from CIFAR_TL_DATA ({exc}); drawing some instead", file=sys.stderr)
+    examples = examples or _synthetic_examples()
+    paths, captions = [], []
+    for i, (caption, pixels) in enumerate(examples):
+        image = Image.fromarray(pixels)
+        if max(image.size) < EXAMPLE_DISPLAY_SIZE:
+            scale = EXAMPLE_DISPLAY_SIZE / max(image.size)
+            image = image.resize((round(image.width * scale), round(image.height * scale)), Image.BICUBIC)
+        safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in caption)
+        path = folder / f"{i:02d}-{safe}.png"
+        image.save(path)
+        paths.append(str(path))
+        captions.append(caption)
+    return paths, captions
+
+
+def _benchmark_rows(models: list[tuple]) -> list[list]:
+    rows = []
+    for _, info in models:
+        record = info["record"] or {}
+        accuracy = record.get("test_accuracy")
+        rows.append([
+            info["backbone"],
+            Path(info["path"]).name,
+            f"{100 * accuracy:.1f}%" if isinstance(accuracy, (int, float)) else "n/a",
+            record.get("test_images") if record.get("test_images") is not None else "n/a",
+            f"{info['parameters']:,}",
+            round(info["file_bytes"] / 1e6, 2),
+        ])
+    return rows
+
+
+BENCHMARK_HEADERS = ["backbone", "checkpoint", "test accuracy", "test images", "parameters", "size (MB)"]
+
+
+def build_app(checkpoint_dir: str | os.PathLike):
+    """The Gradio Blocks of the demo for every checkpoint in `checkpoint_dir` (launch it with
+    `theme=offline_theme()`, as `launch` does, so that it loads no fonts from the internet)."""
+    files = checkpoint_files(checkpoint_dir)
+    models = [load_checkpoint(path) for path in files]
+    gr = _gradio()
+
+    example_dir = Path(tempfile.mkdtemp(prefix="cifar-tl-app-"))
+    atexit.register(shutil.rmtree, example_dir, True)
+    example_paths, example_captions = write_examples(example_dir)
+
+    def classify(image):
+        if image is None:
+            raise gr.Error("Upload an image or click an example first.")
+        pixels = np.asarray(image, dtype=np.uint8)
+        if pixels.ndim == 2:
+            pixels = np.stack([pixels] * 3, axis=-1)
+        pixels = np.ascontiguousarray(pixels[..., :3])
+        outputs = []
+        for model, info in models:
+            top = predict_arrays(model, info, [pixels], TOP_K)[0]
+            outputs.append({p["label"]: p["probability"] for p in top})
+        return outputs if len(outputs) > 1 else outputs[0]
+
+    data_names = sorted({str((info["record"] or {}).get("data_name")) for _, info in models})
+    with gr.Blocks(title="cifar-tl: every model, side by side") as demo:
+        gr.Markdown(
+            f"# cifar-tl: every model, side by side\n"
+            f"{len(models)} checkpoint(s) from `{checkpoint_dir}`, trained on {', '.join(data_names)}. "
+            "Click an example or upload an image, then classify it with every model."
+        )
+        with gr.Row():
+            with gr.Column(scale=1):
+                image = gr.Image(type="numpy", image_mode="RGB", sources=["upload", "clipboard"], format="png",
+                                 label="Image", height=260, elem_id="input-image")
+                button = gr.Button("Classify with every model", variant="primary", elem_id="classify")
+                gr.Examples(examples=[[p] for p in example_paths], inputs=image,
+                            label=f"Examples, click one: {', '.join(example_captions)}", elem_id="examples")
+            with gr.Column(scale=2):
+                with gr.Row():
+                    labels = [
+                        gr.Label(num_top_classes=TOP_K, label=f"{info['backbone']} · {Path(info['path']).name}",
+                                 elem_id=f"prediction-{i}", min_width=220)
+                        for i, (_, info) in enumerate(models)
+                    ]
+        gr.Markdown("## Benchmark\nTest accuracy and test images are from each checkpoint's run record.")
+        gr.Dataframe(value=_benchmark_rows(models), headers=BENCHMARK_HEADERS, interactive=False,
+                     elem_id="benchmark")
+        button.click(classify, inputs=image, outputs=labels, api_name="classify")
+    demo.example_dir = example_dir
+    return demo
+
+
+def launch(checkpoint_dir: str | os.PathLike, host: str = "127.0.0.1", port: int = 7860) -> None:
+    """Build the app and serve it until interrupted (no share link, no browser opened)."""
+    demo = build_app(checkpoint_dir)
+    try:
+        demo.launch(server_name=host, server_port=port, share=False, inbrowser=False, theme=offline_theme(),
+                    ssr_mode=False, allowed_paths=[str(demo.example_dir)])
+    except OSError as exc:  # the port is taken, or the address is not this machine's
+        reason = str(exc).split(". ")[0].strip() or exc.__class__.__name__
+        raise UserError(f"the app could not listen on {host}:{port} ({reason}); the port may be taken: "
+                        "pass another --port (or --host 127.0.0.1)") from exc

@@ -1,0 +1,239 @@
+"""The demo app and the built website in a real headless browser: Debian's chromium driven by
+Playwright (`pip install -e '.[test]'`, `apt-get install chromium`; never `playwright install`).
+
+These tests are part of the main run: without chromium they fail and say how to install it.
+Screenshots go to tests/artifacts/.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cifar_tl.app import MAX_EXAMPLES
+from cifar_tl.chapters import ROOT
+
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
+
+CHROMIUM = Path(os.environ.get("CIFAR_TL_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+]
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+LOCAL = ("http://127.0.0.1:", "data:", "blob:")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.exists():
+        pytest.fail(f"chromium is missing at {CHROMIUM}: install Debian's (`apt-get install -y chromium`; CI's "
+                    ".ci/run does) or point CIFAR_TL_CHROMIUM at a Chromium binary")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail("Python Playwright is missing: pip install -e '.[test]'")
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        yield chromium
+        chromium.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, process: subprocess.Popen, log: Path, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"the server exited with status {process.returncode}:\n{log.read_text()[-3000:]}")
+        with socket.socket() as s:
+            s.settimeout(0.5)
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.25)
+    pytest.fail(f"nothing listened on port {port} after {timeout:.0f} s:\n{log.read_text()[-3000:]}")
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
+def subprocess_env(**extra) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **extra}
+    env.pop("CIFAR_TL_DEBUG", None)
+    return env
+
+
+def watch(page) -> dict:
+    """Collect the page's requests, JavaScript errors and console errors."""
+    seen = {"requests": [], "errors": [], "bad_responses": []}
+    page.on("request", lambda request: seen["requests"].append(request.url))
+    page.on("pageerror", lambda error: seen["errors"].append(f"{page.url}: uncaught {error}"))
+    page.on("console", lambda message: message.type == "error" and seen["errors"].append(f"{page.url}: console: {message.text}"))
+    # ERR_ABORTED is a request the page itself cancelled (Gradio closing an event stream), not a failure.
+    page.on("requestfailed", lambda request: request.failure != "net::ERR_ABORTED" and seen["bad_responses"].append(
+        f"{request.url} failed ({request.failure})"))
+    page.on("response", lambda response: response.status >= 400 and seen["bad_responses"].append(
+        f"{response.url} answered {response.status}"))
+    return seen
+
+
+# -- the demo app ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def checkpoint_dir(jpeg_archive, tmp_path_factory) -> Path:
+    """Two tiny checkpoints made by `cifar-tl train --save-checkpoint` on the real CIFAR-10 copy."""
+    folder = tmp_path_factory.mktemp("app-checkpoints")
+    for backbone in ("simple_cnn", "efficientnet_lite0"):
+        done = subprocess.run(
+            [sys.executable, "-m", "cifar_tl.cli", "train", "--backbone", backbone, "--recipe", "linear_probe",
+             "--profile", "smoke", "--per-class", "10", "--val-per-class", "5", "--test-limit", "100", "--epochs", "2",
+             "--image-size", "32", "--data", str(jpeg_archive), "--save-checkpoint", str(folder / f"{backbone}.pt")],
+            capture_output=True, text=True, timeout=600, env=subprocess_env(),
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+    return folder
+
+
+@pytest.fixture(scope="module")
+def app_url(checkpoint_dir, jpeg_archive, tmp_path_factory):
+    """`cifar-tl app` on a free port, its examples from the CIFAR-10 copy; stopped afterwards."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("app-log") / "app.log"
+    env = subprocess_env(CIFAR_TL_DATA=str(jpeg_archive), GRADIO_TEMP_DIR=str(tmp_path_factory.mktemp("gradio")))
+    with open(log, "w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "cifar_tl.cli", "app", "--checkpoints", str(checkpoint_dir), "--port", str(port),
+             "--host", "127.0.0.1"], stdout=out, stderr=subprocess.STDOUT, env=env,
+        )
+    try:
+        wait_for_port(port, process, log)
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        stop(process)
+
+
+def test_app_classifies_an_example_with_every_model(browser, app_url, checkpoint_dir):
+    from playwright.sync_api import expect
+
+    from cifar_tl.checkpoints import load_checkpoint
+
+    infos = [load_checkpoint(path)[1] for path in sorted(checkpoint_dir.glob("*.pt"))]
+    classes = infos[0]["classes"]
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    seen = watch(page)
+    page.goto(app_url, wait_until="load")
+
+    examples = page.locator("#examples").get_by_role("button")
+    expect(examples.first).to_be_visible(timeout=60_000)
+    assert examples.count() == min(len(classes), MAX_EXAMPLES)  # one example per class of the test split
+    examples.first.click()
+    expect(page.locator("#input-image img").first).to_be_visible(timeout=30_000)
+    page.get_by_role("button", name="Classify with every model").click()
+
+    for i, info in enumerate(infos):
+        label = page.locator(f"#prediction-{i}")
+        expect(label).to_contain_text(f"{info['backbone']} · {Path(info['path']).name}")
+        expect(label).to_contain_text(re.compile(r"\d+%"), timeout=60_000)
+        text = label.inner_text()
+        shown = [name for name in classes if re.search(rf"(?m)^{re.escape(name)}$", text)]
+        assert shown, f"no class name in prediction {i}: {text!r}"
+        assert len(re.findall(r"\d+%", text)) == 3, text  # the top 3 with their probabilities
+
+    table = page.locator("#benchmark")
+    for info in infos:
+        expect(table).to_contain_text(Path(info["path"]).name)
+        expect(table).to_contain_text(f"{100 * info['record']['test_accuracy']:.1f}%")
+        expect(table).to_contain_text(f"{info['parameters']:,}")
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "app.png"), full_page=True)
+    outside = sorted({url for url in seen["requests"] if not url.startswith(LOCAL)})
+    assert not outside, f"the app requested resources from outside 127.0.0.1: {outside}"
+    assert not seen["errors"], seen["errors"]
+    assert not seen["bad_responses"], seen["bad_responses"]
+    page.close()
+
+
+# -- the website ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def built_html(built_book) -> Path:
+    """_build/html as `cifar-tl book --profile smoke` built it in this session (conftest.built_book)."""
+    return built_book / "html"
+
+
+@pytest.fixture(scope="module")
+def site_url(built_html, tmp_path_factory):
+    port = free_port()
+    log = tmp_path_factory.mktemp("http-log") / "http.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(built_html)],
+            stdout=out, stderr=subprocess.STDOUT, env=subprocess_env(),
+        )
+    try:
+        wait_for_port(port, process, log, timeout=30)
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        stop(process)
+
+
+# Wait for every image (lazy ones made eager), then report each one's source and natural width.
+IMAGES_JS = """async () => {
+  const images = Array.from(document.images);
+  for (const image of images) image.loading = "eager";
+  await Promise.all(images.map(image => image.complete ? null : new Promise(done => {
+    image.addEventListener("load", done); image.addEventListener("error", done); setTimeout(done, 15000);
+  })));
+  return images.map(image => ({src: image.currentSrc || image.src, width: image.naturalWidth,
+                               figure: image.closest(".cell_output") !== null}));
+}"""
+
+
+def test_website_pages_have_their_figures_and_no_errors(browser, built_html, site_url):
+    chapters = sorted(p.relative_to(built_html).as_posix() for p in (built_html / "notebooks").glob("*.html"))
+    prose = sorted(p.relative_to(built_html).as_posix() for p in (built_html / "book").glob("*.html"))
+    assert chapters, f"no chapter pages under {built_html / 'notebooks'}"
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    seen = watch(page)
+    problems = []
+    for name in ["index.html", *prose, *chapters]:
+        page.goto(site_url + name, wait_until="load")
+        refresh = re.search(r'http-equiv="refresh" content="0; url=([^"]+)"', (built_html / name).read_text(), re.I)
+        if refresh:  # index.html forwards to the first page
+            page.wait_for_url("**/" + refresh.group(1), wait_until="load")
+        images = page.evaluate(IMAGES_JS)
+        problems += [f"{name}: broken image {image['src']}" for image in images if image["width"] == 0]
+        if name.startswith("notebooks/") and not any(image["figure"] for image in images):
+            problems.append(f"{name}: no figure (no <img> in any cell output)")
+        if name == chapters[0]:
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "book.png"), full_page=True)
+    page.close()
+    # The browser asks every site for /favicon.ico; the book has none, which is not an error of a page.
+    bad = [r for r in seen["bad_responses"] if not r.startswith(site_url + "favicon.ico ")]
+    # A failed load is also a console error without its address; `bad` names it (or excused it).
+    errors = [e for e in seen["errors"] if "Failed to load resource" not in e]
+    assert not problems, "\n".join(problems)
+    assert not bad, "\n".join(bad)
+    assert not errors, "JavaScript errors:\n" + "\n".join(errors)
