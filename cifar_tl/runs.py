@@ -24,7 +24,7 @@ from . import __version__
 from .backbones import check_backbone, create_model
 from .data import balanced_subset, capped_test, indices_hash, load_dataset, resolve_source, source_checksum
 from .errors import UserError
-from .files import cache_dir, sha256_json, write_json
+from .files import atomic_path, cache_dir, sha256_json, write_json
 from .recipes import get_profile, get_recipe, scaled_stages
 from .train import classification_metrics, compute_outputs, eval_batch_size, pick_device, train
 
@@ -151,16 +151,42 @@ def read_record(path: Path) -> dict | None:
         return None
 
 
+def _valid_record(path: Path, checksum: str) -> dict | None:
+    """The record at `path` if it is readable and made by this code from this data."""
+    record = read_record(path) if path.exists() else None
+    if record is None or record.get("code_version") != code_version() or record["data"]["checksum"] != checksum:
+        return None
+    return record
+
+
+def _cached_model(config: RunConfig, weights: Path, n_classes: int):
+    """The trained model saved beside its record by an earlier `run(..., return_model=True)`, or None."""
+    if not weights.exists():
+        return None
+    try:
+        model = create_model(config.backbone, n_classes, pretrained=False)
+        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    except Exception:  # unreadable or from another architecture: train again
+        return None
+    return model.eval()
+
+
 def run(config: RunConfig, force: bool = False, progress: bool = True, device: str | None = None,
         return_model: bool = False):
-    """Train and evaluate `config`, or read its existing record back. Returns the record (and the
-    trained model, with `return_model`; a record read back has no model, so that forces a run)."""
+    """Train and evaluate `config`, or read its existing record back. Returns the record, or with
+    `return_model` (record, trained model): the model's weights are then kept beside the record
+    (`<record>.pt`), so that asking again reads them back too instead of training again."""
     checksum = source_checksum(config.data)
     path = record_path(config, checksum)
-    if not force and not return_model and path.exists():
-        record = read_record(path)
-        if record is not None and record.get("code_version") == code_version() and record["data"]["checksum"] == checksum:
-            return record
+    weights = path.with_suffix(".pt")
+    existing = _valid_record(path, checksum)
+    if not force and existing is not None:
+        if not return_model:
+            return existing
+        model = _cached_model(config, weights, len(existing["data"]["classes"]))
+        if model is not None:
+            return existing, model
+    elif not force and path.exists():
         print(f"cifar-tl: record {path.name} is unreadable or stale; running again", file=sys.stderr)
 
     started = time.perf_counter()
@@ -244,7 +270,11 @@ def run(config: RunConfig, force: bool = False, progress: bool = True, device: s
         },
         "machine": machine(),
     }
-    write_json(path, record)
+    if return_model:
+        with atomic_path(weights) as tmp:
+            torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
+    if force or existing is None:  # a valid record is only replaced with --force
+        write_json(path, record)
     return (record, model) if return_model else record
 
 

