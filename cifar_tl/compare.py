@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import plots  # noqa: F401  (sets the white-background rcParams)
-from .backbones import BACKBONES, check_backbone, create_model
+from .backbones import BACKBONES, check_backbone, create_model, torchvision_checkpoint
 from .report import accuracies, fmt_mean_std, mean_std
 from .train import autocast, place_model
 
@@ -32,10 +32,7 @@ def weights_file(name: str) -> Path | None:
     """Where torchvision keeps backbone `name`'s ImageNet checkpoint (None for non-torchvision backbones)."""
     if check_backbone(name) == "efficientnet_lite0" or name in FROM_SCRATCH:
         return None
-    from torchvision.models import get_model_weights
-
-    url = get_model_weights(name).DEFAULT.url
-    return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+    return torchvision_checkpoint(name)[1]
 
 
 def weights_available(name: str) -> bool:
