@@ -61,6 +61,7 @@ class Recipe:
     tta: str = "none"  # test-time augmentation: none, flip, flip_shift
     ema_decay: float = 0.0  # evaluate an exponential moving average of the weights when above 0
     image_size: int | None = None  # a fixed input size (the from-scratch CNN); None: the profile's
+    builds_on: str | None = None  # the recipe this one changes (the technique chapters' ladder)
 
     def __post_init__(self):
         if self.augment not in AUGMENTATIONS:
@@ -72,51 +73,53 @@ class Recipe:
         return asdict(self)
 
 
+def _step(base: Recipe, name: str, description: str, **changes) -> Recipe:
+    """A recipe that changes `base` (and says so in `builds_on`)."""
+    return replace(base, name=name, description=description, builds_on=base.name, **changes)
+
+
 def _ladder() -> list[Recipe]:
-    """The technique chapters' ladder: each recipe makes one change to the one before it."""
+    """The technique chapters' ladder: each recipe makes one change to the one it builds on."""
     naive = Recipe(
         "finetune_naive",
         "everything unfrozen at one learning rate, as a first attempt would be: Adam (no weight decay) 1e-3, "
         "constant, 15 epochs",
         (Stage(epochs=15, lr=1e-3, train="all", schedule="constant"),),
     )
-    cosine = replace(naive, name="ft_cosine", description="finetune_naive with 1 epoch of linear warm-up, then cosine",
-                     stages=(replace(naive.stages[0], schedule="cosine", warmup_epochs=1.0),))
-    discriminative = replace(
-        cosine, name="ft_discriminative",
-        description="ft_cosine with a rate per layer group: x0.7 per group from the head (1e-3) down to the stem",
+    cosine = _step(naive, "ft_cosine", "finetune_naive with 1 epoch of linear warm-up, then cosine",
+                   stages=(replace(naive.stages[0], schedule="cosine", warmup_epochs=1.0),))
+    discriminative = _step(
+        cosine, "ft_discriminative",
+        "ft_cosine with a rate per layer group: x0.7 per group from the head (1e-3) down to the stem",
         stages=(replace(cosine.stages[0], lr_decay=0.7),),
     )
-    gradual = replace(
-        discriminative, name="ft_gradual",
-        description="ft_discriminative unfrozen in stages: the head for 3 epochs, then the top 4 groups for 4, "
+    gradual = _step(
+        discriminative, "ft_gradual",
+        "ft_discriminative unfrozen in stages: the head for 3 epochs, then the top 4 groups for 4, "
         "then everything for 8",
         stages=(Stage(epochs=3, lr=1e-3, train="head", schedule="cosine"),
                 Stage(epochs=4, lr=5e-4, train=4, lr_decay=0.7, schedule="cosine", warmup_epochs=0.5),
                 Stage(epochs=8, lr=3e-4, train="all", lr_decay=0.7, schedule="cosine", warmup_epochs=0.5)),
     )
-    lpft = replace(
-        discriminative, name="ft_lpft",
-        description="LP-FT: fit the linear head on frozen features (20 epochs), then fine-tune everything from it "
+    lpft = _step(
+        discriminative, "ft_lpft",
+        "LP-FT: fit the linear head on frozen features (20 epochs), then fine-tune everything from it "
         "(15 epochs, head 3e-4, x0.7 per group, warm-up and cosine)",
         stages=(Stage(epochs=20, lr=1e-3, train="head", schedule="cosine", augment=False),
                 Stage(epochs=15, lr=3e-4, train="all", lr_decay=0.7, schedule="cosine", warmup_epochs=1.0)),
     )
-    bn_frozen = replace(
-        lpft, name="ft_bn_frozen",
-        description="ft_lpft with every BatchNorm's statistics frozen at their ImageNet values during fine-tuning",
+    bn_frozen = _step(
+        lpft, "ft_bn_frozen",
+        "ft_lpft with every BatchNorm's statistics frozen at their ImageNet values during fine-tuning",
         stages=(lpft.stages[0], replace(lpft.stages[1], trainable_bn="eval")),
     )
-    crop_flip = replace(lpft, name="ft_crop_flip", description="ft_lpft with random crops and flips on the device",
-                        augment="crop_flip")
-    mix = replace(crop_flip, name="ft_mix", description="ft_crop_flip with MixUp (α 0.2) or CutMix (α 1.0) per batch",
-                  mixup_alpha=0.2, cutmix_alpha=1.0)
-    regularised = replace(mix, name="ft_regularised",
-                          description="ft_mix with label smoothing 0.1 and weight decay 0.05",
-                          label_smoothing=0.1, weight_decay=0.05)
-    full = replace(regularised, name="full",
-                   description="the full recipe: ft_regularised evaluated with an EMA of the weights (decay 0.99) "
-                   "and test-time flips", tta="flip", ema_decay=0.99)
+    crop_flip = _step(lpft, "ft_crop_flip", "ft_lpft with random crops and flips on the device", augment="crop_flip")
+    mix = _step(crop_flip, "ft_mix", "ft_crop_flip with MixUp (α 0.2) or CutMix (α 1.0) per batch",
+                mixup_alpha=0.2, cutmix_alpha=1.0)
+    regularised = _step(mix, "ft_regularised", "ft_mix with label smoothing 0.1 and weight decay 0.05",
+                        label_smoothing=0.1, weight_decay=0.05)
+    full = _step(regularised, "full", "the full recipe: ft_regularised evaluated with an EMA of the weights "
+                 "(decay 0.99) and test-time flips", tta="flip", ema_decay=0.99)
     return [naive, cosine, discriminative, gradual, lpft, bn_frozen, crop_flip, mix, regularised, full]
 
 

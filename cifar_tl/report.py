@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .recipes import get_profile
+from .recipes import RECIPES, get_profile
 
 
 def accuracies(records: list[dict], key: str = "test_accuracy") -> list[float]:
@@ -102,19 +102,9 @@ def page_header(profile: str, backbone: str | None, records: list[dict], data: d
 
 # -- the technique chapters: decisions on validation, the ladder, recipe differences ---------------------------
 
-# The ladder of recipes.py: each rung and the recipe it changes. The main line runs from finetune_naive
+# Each rung of the ladder and the recipe it changes (Recipe.builds_on). The main line runs from finetune_naive
 # to full; ft_gradual and ft_bn_frozen are side steps that the main line does not take.
-LADDER_BASES: dict[str, str] = {
-    "ft_cosine": "finetune_naive",
-    "ft_discriminative": "ft_cosine",
-    "ft_gradual": "ft_discriminative",
-    "ft_lpft": "ft_discriminative",
-    "ft_bn_frozen": "ft_lpft",
-    "ft_crop_flip": "ft_lpft",
-    "ft_mix": "ft_crop_flip",
-    "ft_regularised": "ft_mix",
-    "full": "ft_regularised",
-}
+LADDER_BASES: dict[str, str] = {r.name: r.builds_on for r in RECIPES.values() if r.builds_on}
 
 
 def ladder(last: str = "full") -> list[str]:
@@ -255,7 +245,7 @@ def _stage_summary(stage: dict) -> str:
 def _flat_settings(recipe) -> dict[str, str]:
     settings = {}
     for key, value in recipe.as_dict().items():
-        if key in ("name", "description", "stages"):
+        if key in ("name", "description", "stages", "builds_on"):
             continue
         settings[key] = "–" if value is None else str(value)
     settings["stages"] = str(len(recipe.stages))
