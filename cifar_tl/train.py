@@ -282,6 +282,9 @@ def train(
             train_in, val_in, net = x_train, x_val, model
 
         optimizer = make_optimizer(model, stage, recipe, groups)
+        augmenting = _augments(stage, recipe)
+        augmentation = recipe.augment if augmenting else "none"
+        mixing = augmenting and (recipe.mixup_alpha > 0 or recipe.cutmix_alpha > 0)
         n = len(train_in)
         batch_size = min(recipe.batch_size, n)
         steps_per_epoch = n // batch_size  # drop the ragged last batch: BatchNorm needs full batches
@@ -303,10 +306,8 @@ def train(
                     group["lr"] = group["base_lr"] * factor
                     lrs_at_start.setdefault(group["group"], group["lr"])
                 targets = y_train[index]
-                augmenting = _augments(stage, recipe)
-                x = make_batch(train_in, index, model, image_size, recipe.augment if augmenting else "none",
-                               generator)
-                if augmenting and (recipe.mixup_alpha > 0 or recipe.cutmix_alpha > 0):
+                x = make_batch(train_in, index, model, image_size, augmentation, generator)
+                if mixing:
                     x, soft = augment.mix_batch(x, targets, n_classes, recipe.mixup_alpha, recipe.cutmix_alpha,
                                                 rng, generator)
                     loss, logits = training_step(net, x, soft, optimizer, loss_fn, device)
