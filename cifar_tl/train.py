@@ -178,6 +178,26 @@ def training_step(net: nn.Module, x: torch.Tensor, targets: torch.Tensor, optimi
     return loss, logits
 
 
+def ema_update(decay: float):
+    """The update an `AveragedModel` applies for an exponential moving average with the usual warm-up.
+
+    Update t (counting from 1) uses min(decay, (1 + t) / (10 + t)): with a fixed decay a short run's
+    average would still hold much of the untrained head it started from (0.99 over 60 steps keeps 55%).
+    """
+
+    @torch.no_grad()
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n_averaged: torch.Tensor) -> None:
+        t = int(n_averaged)
+        d = min(decay, (1 + t) / (10 + t))
+        if torch.is_floating_point(averaged[0]):
+            torch._foreach_lerp_(averaged, current, 1 - d)
+        else:  # integer buffers (BatchNorm's batch counters) are counts, not weights: keep the latest
+            for a, c in zip(averaged, current, strict=True):
+                a.copy_(c)
+
+    return update
+
+
 def _augments(stage: Stage, recipe: Recipe) -> bool:
     mixing = recipe.mixup_alpha > 0 or recipe.cutmix_alpha > 0
     return stage.augment and (recipe.augment != "none" or mixing)
@@ -259,9 +279,9 @@ def train(
     n_classes = model.head.out_features
     ema = None
     if recipe.ema_decay > 0:
-        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+        from torch.optim.swa_utils import AveragedModel
 
-        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(recipe.ema_decay), use_buffers=True)
+        ema = AveragedModel(model, multi_avg_fn=ema_update(recipe.ema_decay), use_buffers=True)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
     result = TrainResult()
     x_train, y_train = x_train.to(device), y_train.to(device)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from cifar_tl import augment
 from cifar_tl.backbones import create_model
@@ -106,6 +107,24 @@ def test_ema_weights_are_the_moving_average_not_the_last_step():
         train(model, recipe, recipe.stages, x, y, x[:8], y[:8], 16, torch.device("cpu"), 0, progress=False)
         results[decay] = {n: p.detach().clone() for n, p in model.named_parameters()}
     assert any(not torch.equal(results[0.0][n], results[0.9][n]) for n in results[0.0])
+
+
+def test_ema_warms_up_then_holds_its_decay():
+    from torch.optim.swa_utils import AveragedModel
+
+    from cifar_tl.train import ema_update
+
+    model = nn.Linear(1, 1, bias=False)
+    ema = AveragedModel(model, multi_avg_fn=ema_update(0.2), use_buffers=True)
+    expected = None
+    for t, value in enumerate([4.0, 0.0, 0.0, 0.0, 8.0]):
+        model.weight.data.fill_(value)
+        ema.update_parameters(model)
+        # the first update copies; update t then uses min(0.2, (1 + t) / (10 + t)): 2/11, then 0.2 from t = 2
+        d = min(0.2, (1 + t) / (10 + t))
+        expected = value if expected is None else d * expected + (1 - d) * value
+        assert ema.module.weight.item() == pytest.approx(expected, rel=1e-6)
+    assert expected == pytest.approx(4 * (2 / 11) * 0.2**3 + 0.8 * 8)
 
 
 def test_the_ladder_changes_one_thing_at_a_time():
