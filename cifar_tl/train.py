@@ -178,17 +178,21 @@ def training_step(net: nn.Module, x: torch.Tensor, targets: torch.Tensor, optimi
     return loss, logits
 
 
-def ema_update(decay: float):
-    """The update an `AveragedModel` applies for an exponential moving average with the usual warm-up.
+def ema_decay_at(decay: float, t: int) -> float:
+    """The decay of the weights' moving average at update t (the first update, t = 0, copies).
 
-    Update t (counting from 1) uses min(decay, (1 + t) / (10 + t)): with a fixed decay a short run's
-    average would still hold much of the untrained head it started from (0.99 over 60 steps keeps 55%).
+    The usual warm-up, min(decay, (1 + t) / (10 + t)): with a fixed decay a short run's average would
+    still hold much of the untrained head it started from (0.99 over 60 steps keeps 55%).
     """
+    return min(decay, (1 + t) / (10 + t))
+
+
+def ema_update(decay: float):
+    """The update an `AveragedModel` applies for an exponential moving average with `ema_decay_at`."""
 
     @torch.no_grad()
     def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n_averaged: torch.Tensor) -> None:
-        t = int(n_averaged)
-        d = min(decay, (1 + t) / (10 + t))
+        d = ema_decay_at(decay, int(n_averaged))
         if torch.is_floating_point(averaged[0]):
             torch._foreach_lerp_(averaged, current, 1 - d)
         else:  # integer buffers (BatchNorm's batch counters) are counts, not weights: keep the latest
