@@ -103,6 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
     app.add_argument("--port", type=_positive_int, default=7860, help="port to listen on (default: 7860)")
     app.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
 
+    results = commands.add_parser("results", help="summarise run records: accuracy over subsets, paired differences")
+    results.add_argument("folders", nargs="*", default=["results"], metavar="FOLDER",
+                         help="folders searched for run records (*.json), recursively (default: ./results)")
+    results.add_argument("--base", metavar="RECIPE", help="also show each recipe's paired test difference from RECIPE")
+    results.add_argument("--json", action="store_true", help="print exactly the table as a JSON list of rows")
+
     book = commands.add_parser("book", help="execute every chapter and build the website into _build/html")
     book.add_argument("--profile", help=f"one of: {', '.join(PROFILES)} (default: full on a GPU, smoke on a CPU)")
     return parser
@@ -190,6 +196,32 @@ def _app(args) -> None:
     launch(args.checkpoints, host=args.host, port=args.port)
 
 
+def _results(args) -> None:
+    from .recipes import get_recipe
+    from .report import read_records, reference_table
+
+    if args.base:
+        get_recipe(args.base)
+    records, skipped = [], []
+    for folder in args.folders:
+        if not Path(folder).is_dir():
+            raise UserError(f"{folder!r} is not a folder of run records")
+        found, not_records = read_records(folder)
+        records += found
+        skipped += not_records
+    if skipped:
+        print(f"cifar-tl: skipped {len(skipped)} file(s) that are not run records: {', '.join(skipped)}",
+              file=sys.stderr)
+    if not records:
+        raise UserError(f"no run records (JSON from `cifar-tl train --json`) under {', '.join(args.folders)}")
+    table = reference_table(records, base=args.base)
+    if args.json:
+        json.dump(table.to_dict(orient="records"), sys.stdout, ensure_ascii=False)
+        sys.stdout.write("\n")
+        return
+    print(table.to_string(index=False))
+
+
 def _book(args) -> None:
     from .chapters import build_book, default_profile
     from .recipes import get_profile
@@ -225,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
             _run_chapter(args)
         elif args.command == "bench":
             _bench(args)
+        elif args.command == "results":
+            _results(args)
         elif args.command == "book":
             _book(args)
         elif args.command == "predict":

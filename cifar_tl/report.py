@@ -412,21 +412,36 @@ def read_records(folder) -> tuple[list[dict], list[str]]:
     return records, skipped
 
 
-def reference_table(references: list[dict], own: dict[str, list[dict]] | None = None) -> pd.DataFrame:
-    """Reference records grouped by recipe, backbone, profile and machine: test accuracy mean ± std
-    over their subsets, next to this build's own records of the same recipe (`own`, by recipe name)."""
+def machine_name(record: dict) -> str:
+    """The GPU a record ran on, else its CPU and how many cores it had."""
+    machine = record.get("machine") or {}
+    if machine.get("gpu"):
+        return machine["gpu"]
+    cores = f" ({machine['cpu_count']} cores)" if machine.get("cpu_count") else ""
+    return f"{machine.get('cpu') or '?'}{cores}"
+
+
+def reference_table(references: list[dict], own: dict[str, list[dict]] | None = None,
+                    base: str | None = None) -> pd.DataFrame:
+    """Reference records grouped by recipe, backbone, profile, machine, data, input and test set: test and
+    validation accuracy (mean ± std over their subsets) and minutes per run, next to this build's own
+    records of the same recipe (`own`, by recipe name). With `base` (a recipe name), also the paired test
+    difference against that recipe's records in the same setting, per subset they share."""
     groups: dict[tuple, list[dict]] = {}
     for record in references:
         config = record["config"]
-        machine = (record.get("machine") or {}).get("gpu") or (record.get("machine") or {}).get("cpu") or "?"
-        data = (record.get("data") or {}).get("name", "?")
-        key = (config.get("recipe", "?"), config.get("backbone", "?"), config.get("profile", "?"), machine,
-               record["metrics"].get("test_images"), config.get("image_size"), data)
-        groups.setdefault(key, []).append(record)
+        setting = (config.get("backbone", "?"), config.get("profile", "?"), machine_name(record),
+                   (record.get("data") or {}).get("name", "?"), config.get("image_size"),
+                   record["metrics"].get("test_images"))
+        groups.setdefault((config.get("recipe", "?"), *setting), []).append(record)
+    base_column = f"test Δ vs {base}, per subset (pp)"
     rows = []
-    for (recipe, backbone, profile, machine, test_images, size, data), records in sorted(groups.items(), key=str):
+    for (recipe, *setting), records in sorted(groups.items(), key=str):
+        backbone, profile, machine, data, size, test_images = setting
+        records = sorted(records, key=lambda r: r["config"].get("seed", -1))
+        seconds = [r["timing"]["total_seconds"] for r in records if "total_seconds" in (r.get("timing") or {})]
         mine = (own or {}).get(recipe)
-        rows.append({
+        row = {
             "recipe": recipe,
             "backbone": backbone,
             "profile": profile,
@@ -436,8 +451,18 @@ def reference_table(references: list[dict], own: dict[str, list[dict]] | None = 
             "test images": f"{test_images:,}" if isinstance(test_images, int) else "?",
             "subsets (seeds)": ", ".join(str(r["config"].get("seed", "?")) for r in records),
             "test accuracy": fmt_mean_std(accuracies(records)),
+            "validation accuracy": fmt_mean_std(accuracies(records, "val_accuracy")),
+            "minutes per run": f"{np.mean(seconds) / 60:.1f}" if seconds else "?",
             "this build's test accuracy": fmt_mean_std(accuracies(mine)) if mine else "–",
-        })
+        }
+        if base is not None:
+            deltas = paired_deltas(groups.get((base, *setting), []), records) if recipe != base else {}
+            row[base_column] = ", ".join(f"s{seed} {_points(d)}" for seed, d in deltas.items()) or "–"
+        rows.append(row)
     columns = ["recipe", "backbone", "profile", "machine", "data", "input", "test images", "subsets (seeds)",
-               "test accuracy", "this build's test accuracy"]
+               "test accuracy", "validation accuracy", "minutes per run", "this build's test accuracy"]
+    if own is None:
+        columns.remove("this build's test accuracy")
+    if base is not None:
+        columns.append(base_column)
     return pd.DataFrame(rows, columns=columns)

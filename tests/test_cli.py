@@ -77,6 +77,8 @@ def test_train_json_is_exactly_the_record(tiny_folders):
         (["run", "03", "-p", "seeds", "lots"], ["parameter seeds", "list of whole numbers", "lots"]),
         (["run", "03", "--profile", "huge"], ["unknown profile 'huge'"]),
         (["book", "--profile", "huge"], ["unknown profile 'huge'"]),
+        (["results", "/nonexistent/results"], ["'/nonexistent/results' is not a folder of run records"]),
+        (["results", "--base", "magic", "."], ["unknown recipe 'magic'"]),
         (["frobnicate"], ["invalid choice"]),
     ],
 )
@@ -102,3 +104,33 @@ def test_chapters_lists_one_line_per_chapter_starting_with_its_id():
     notebooks = sorted(p.stem for p in (Path(__file__).parents[1] / "notebooks").glob("[0-9a][0-9]-*.ipynb"))
     assert [line.split("\t")[0] for line in lines] == notebooks
     assert lines[0].startswith("01-data\t")
+
+
+def _write_record(folder: Path, recipe: str, seed: int, test: float, seconds: float) -> None:
+    record = {"config": {"recipe": recipe, "seed": seed, "backbone": "efficientnet_lite0", "profile": "full",
+                         "image_size": 224},
+              "metrics": {"val_accuracy": test, "test_accuracy": test, "test_images": 10000},
+              "timing": {"total_seconds": seconds}, "machine": {"gpu": None, "cpu": "Some CPU"}}
+    (folder / f"{recipe}-s{seed}.json").write_text(json.dumps(record))
+
+
+def test_results_summarises_records_over_subsets_with_paired_differences(tmp_path):
+    for seed, (probe, full) in enumerate([(0.70, 0.85), (0.72, 0.86), (0.74, 0.90)]):
+        _write_record(tmp_path, "linear_probe", seed, probe, 60.0)
+        _write_record(tmp_path, "full", seed, full, 600.0 + 60 * seed)
+    (tmp_path / "README.json").write_text("[]")
+    done = cifar_tl("results", str(tmp_path), "--base", "linear_probe", "--json")
+    assert done.returncode == 0, done.stderr
+    rows = {row["recipe"]: row for row in json.loads(done.stdout)}
+    assert rows["full"]["test accuracy"] == "87.0 ± 2.6% (n=3)"
+    assert rows["full"]["subsets (seeds)"] == "0, 1, 2"
+    assert rows["full"]["minutes per run"] == "11.0"
+    assert rows["full"]["test Δ vs linear_probe, per subset (pp)"] == "s0 +15.0, s1 +14.0, s2 +16.0"
+    assert rows["linear_probe"]["test Δ vs linear_probe, per subset (pp)"] == "–"
+    assert "README.json" in done.stderr  # named as skipped, not silently dropped
+    text = cifar_tl("results", str(tmp_path))
+    assert text.returncode == 0 and "87.0 ± 2.6% (n=3)" in text.stdout and "Δ" not in text.stdout
+
+
+def test_results_without_records_says_so(tmp_path):
+    assert_clean_error(cifar_tl("results", str(tmp_path)), "no run records")
