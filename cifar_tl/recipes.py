@@ -113,7 +113,8 @@ def _ladder() -> list[Recipe]:
         "ft_lpft with every BatchNorm's statistics frozen at their ImageNet values during fine-tuning",
         stages=(lpft.stages[0], replace(lpft.stages[1], trainable_bn="eval")),
     )
-    crop_flip = _step(lpft, "ft_crop_flip", "ft_lpft with random crops and flips on the device", augment="crop_flip")
+    crop_flip = _step(bn_frozen, "ft_crop_flip", "ft_bn_frozen with random crops and flips on the device",
+                      augment="crop_flip")
     mix = _step(crop_flip, "ft_mix", "ft_crop_flip with MixUp (α 0.2) or CutMix (α 1.0) per batch",
                 mixup_alpha=0.2, cutmix_alpha=1.0)
     regularised = _step(mix, "ft_regularised", "ft_mix with label smoothing 0.1 and weight decay 0.05",

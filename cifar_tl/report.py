@@ -103,7 +103,7 @@ def page_header(profile: str, backbone: str | None, records: list[dict], data: d
 # -- the technique chapters: decisions on validation, the ladder, recipe differences ---------------------------
 
 # Each rung of the ladder and the recipe it changes (Recipe.builds_on). The main line runs from finetune_naive
-# to full; ft_gradual and ft_bn_frozen are side steps that the main line does not take.
+# to full; ft_gradual is a side step that the main line does not take.
 LADDER_BASES: dict[str, str] = {r.name: r.builds_on for r in RECIPES.values() if r.builds_on}
 
 
