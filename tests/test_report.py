@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -166,6 +167,18 @@ def test_read_records_skips_what_is_not_a_record(tmp_path):
     records, skipped = report.read_records(tmp_path)
     assert [r["config"]["recipe"] for r in records] == ["full"]
     assert sorted(skipped) == ["broken.json", "notes.json"]
+
+
+def test_committed_reference_records_are_whole_full_profile_runs():
+    """What results/ holds is what chapter 12 and the README call reference runs."""
+    records, skipped = report.read_records(Path(__file__).resolve().parents[1] / "results")
+    assert skipped == []
+    for r in records:
+        name = f"{r['config']['recipe']} seed {r['config']['seed']}"
+        assert r["config"]["profile"] == "full" and r["config"]["image_size"] == 224, name
+        assert r["config"]["test_limit"] is None and r["metrics"]["test_images"] == r["data"]["test_total"], name
+        assert r["machine"]["cpu"] and r["code_version"] and r["data"]["name"], name
+        assert len(r["metrics"]["test_predictions"]) == r["metrics"]["test_images"], name
 
 
 def test_reference_table_groups_seeds_and_sets_this_build_beside_them():
