@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
@@ -187,12 +188,16 @@ def ema_decay_at(decay: float, t: int) -> float:
     return min(decay, (1 + t) / (10 + t))
 
 
-def ema_update(decay: float):
-    """The update an `AveragedModel` applies for an exponential moving average with `ema_decay_at`."""
+def ema_update(decay: float, updates: Callable[[], int]):
+    """The update an `AveragedModel` applies for an exponential moving average with `ema_decay_at`.
+
+    `updates()` gives t. It reads the AveragedModel's own counter, which stays on the CPU: the copy of it
+    that the update is handed lives on the GPU, and reading that would wait for the GPU every step.
+    """
 
     @torch.no_grad()
-    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n_averaged: torch.Tensor) -> None:
-        d = ema_decay_at(decay, int(n_averaged))
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], _n_averaged: torch.Tensor) -> None:
+        d = ema_decay_at(decay, updates())
         if torch.is_floating_point(averaged[0]):
             torch._foreach_lerp_(averaged, current, 1 - d)
         else:  # integer buffers (BatchNorm's batch counters) are counts, not weights: keep the latest
@@ -285,7 +290,8 @@ def train(
     if recipe.ema_decay > 0:
         from torch.optim.swa_utils import AveragedModel
 
-        ema = AveragedModel(model, multi_avg_fn=ema_update(recipe.ema_decay), use_buffers=True)
+        ema = AveragedModel(model, use_buffers=True)
+        ema.multi_avg_fn = ema_update(recipe.ema_decay, lambda: int(ema.n_averaged))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
     result = TrainResult()
     x_train, y_train = x_train.to(device), y_train.to(device)
