@@ -198,7 +198,8 @@ def _app(args) -> None:
 
 def _results(args) -> None:
     from .recipes import get_recipe
-    from .report import read_records, reference_table
+    from .results import read_records
+    from .tables import reference_table
 
     if args.base:
         get_recipe(args.base)

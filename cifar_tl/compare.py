@@ -16,9 +16,8 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from . import plots  # noqa: F401  (sets the white-background rcParams)
 from .backbones import BACKBONES, check_backbone, create_model, torchvision_checkpoint
-from .report import accuracies, fmt_mean_std, mean_std
+from .stats import accuracies, fmt_mean_std
 from .train import autocast, place_model
 
 # Backbones with no pretrained weights: trained from scratch (the `scratch` recipe), every parameter trains.
@@ -239,32 +238,6 @@ def cost_table(records_by_label: dict[str, list[dict]]) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("setting")
 
 
-def cost_scatter(records_by_label: dict[str, list[dict]], title: str = "") -> "plots.plt.Figure":
-    """Seconds per run (log scale) against test accuracy: one dot per run, a cross at each setting's mean."""
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    fig.patch.set_facecolor("white")
-    ax.set_facecolor("white")
-    for i, (label, records) in enumerate(records_by_label.items()):
-        seconds = [r["timing"]["total_seconds"] for r in records]
-        accuracy = accuracies(records)
-        ax.scatter(seconds, accuracy, color=f"C{i}", s=22, alpha=0.7)
-        mean_acc, std_acc = mean_std(accuracy)
-        ax.errorbar(np.mean(seconds), mean_acc, yerr=std_acc, color=f"C{i}", marker="X", markersize=10,
-                    capsize=4, label=label, linestyle="none")
-    ax.set_xscale("log")
-    ax.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
-    ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.set(xlabel="seconds per run (wall clock, log scale)", ylabel="test accuracy", ylim=(0, 1),
-           title=title or "cost against accuracy")
-    ax.legend(fontsize=8, loc="best")
-    fig.tight_layout()
-    return fig
-
-
 def predictions_by_size(model, images, sizes, device=None) -> dict[int, np.ndarray]:
     """The model's predicted class for each uint8 image, fed at each input size in `sizes`."""
     from .train import compute_outputs, eval_batch_size, pick_device
@@ -273,38 +246,3 @@ def predictions_by_size(model, images, sizes, device=None) -> dict[int, np.ndarr
     images = torch.as_tensor(np.asarray(images))
     return {size: compute_outputs(model, images, size, eval_batch_size(device), device).argmax(1).numpy()
             for size in sizes}
-
-
-def size_grid(images, labels, classes: list[str], predictions: dict[int, np.ndarray], trained_size: int,
-              title: str = "") -> "plots.plt.Figure":
-    """Rows: images; columns: input sizes. Each cell shows the image as the model receives it at that
-    size (bilinear, as the library resizes) and the model's prediction there, in red when wrong."""
-    import matplotlib.pyplot as plt
-    import torch.nn.functional as F
-
-    from .augment import to_float_nchw
-
-    images = np.asarray(images)
-    sizes = list(predictions)
-    fig, axes = plt.subplots(len(images), len(sizes), figsize=(1.7 * len(sizes), 1.9 * len(images)), squeeze=False)
-    fig.patch.set_facecolor("white")
-    for row, image in enumerate(images):
-        x = to_float_nchw(torch.as_tensor(image)[None])
-        for col, size in enumerate(sizes):
-            ax = axes[row, col]
-            shown = x if x.shape[-1] == size else F.interpolate(
-                x, size=(size, size), mode="bilinear", align_corners=False, antialias=x.shape[-1] > size)
-            ax.imshow(shown[0].permute(1, 2, 0).clamp(0, 1).numpy(), interpolation="nearest")
-            guess, true = classes[int(predictions[size][row])], classes[int(labels[row])]
-            ax.set_title(f"{size}px{' (trained)' if size == trained_size else ''}\n→ {guess}", fontsize=8,
-                         color="black" if guess == true else "red")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            for spine in ax.spines.values():
-                spine.set_visible(False)
-            if col == 0:
-                ax.set_ylabel(f"true: {true}", fontsize=8)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return fig

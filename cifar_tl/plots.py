@@ -1,4 +1,4 @@
-"""Figures for the chapters: training curves, confusion matrices, image grids, runs compared.
+"""Figures for the chapters: training curves, confusion matrices, image grids, runs and costs compared.
 
 Every function returns a matplotlib Figure with an opaque white background (the book's dark mode
 dims transparent figures).
@@ -111,5 +111,67 @@ def upsampling_strip(image, sizes=(32, 64, 128, 224)) -> plt.Figure:
         ax.imshow(resized[0].permute(1, 2, 0).clamp(0, 1).numpy(), interpolation="nearest")
         ax.set_title(f"{size}x{size}", fontsize=9)
         ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def cost_scatter(records_by_label: dict[str, list[dict]], title: str = "") -> plt.Figure:
+    """Seconds per run (log scale) against test accuracy: one dot per run, a cross at each setting's mean."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    from .stats import accuracies, mean_std
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    fig.patch.set_facecolor("white")
+    ax.set_facecolor("white")
+    for i, (label, records) in enumerate(records_by_label.items()):
+        seconds = [r["timing"]["total_seconds"] for r in records]
+        accuracy = accuracies(records)
+        ax.scatter(seconds, accuracy, color=f"C{i}", s=22, alpha=0.7)
+        mean_acc, std_acc = mean_std(accuracy)
+        ax.errorbar(np.mean(seconds), mean_acc, yerr=std_acc, color=f"C{i}", marker="X", markersize=10,
+                    capsize=4, label=label, linestyle="none")
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set(xlabel="seconds per run (wall clock, log scale)", ylabel="test accuracy", ylim=(0, 1),
+           title=title or "cost against accuracy")
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def size_grid(images, labels, classes: list[str], predictions: dict[int, np.ndarray], trained_size: int,
+              title: str = "") -> plt.Figure:
+    """Rows: images; columns: input sizes. Each cell shows the image as the model receives it at that
+    size (bilinear, as the library resizes) and the model's prediction there, in red when wrong."""
+    import torch
+    import torch.nn.functional as F
+
+    from .augment import to_float_nchw
+
+    images = np.asarray(images)
+    sizes = list(predictions)
+    fig, axes = plt.subplots(len(images), len(sizes), figsize=(1.7 * len(sizes), 1.9 * len(images)), squeeze=False)
+    fig.patch.set_facecolor("white")
+    for row, image in enumerate(images):
+        x = to_float_nchw(torch.as_tensor(image)[None])
+        for col, size in enumerate(sizes):
+            ax = axes[row, col]
+            shown = x if x.shape[-1] == size else F.interpolate(
+                x, size=(size, size), mode="bilinear", align_corners=False, antialias=x.shape[-1] > size)
+            ax.imshow(shown[0].permute(1, 2, 0).clamp(0, 1).numpy(), interpolation="nearest")
+            guess, true = classes[int(predictions[size][row])], classes[int(labels[row])]
+            ax.set_title(f"{size}px{' (trained)' if size == trained_size else ''}\n→ {guess}", fontsize=8,
+                         color="black" if guess == true else "red")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+            if col == 0:
+                ax.set_ylabel(f"true: {true}", fontsize=8)
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     return fig
