@@ -1,9 +1,11 @@
 """`cifar-tl bench`: the library's training loop against a naive PyTorch pipeline, on one machine.
 
-(a) training images/s of the library's loop (uint8 batches in memory, augmented on the device),
-(b) the same model trained the naive way (a torchvision Dataset with per-image PIL transforms
-through a DataLoader, fp32), (c) evaluation images/s, and (d) the share of the library's step time
-spent outside the model's forward, backward and optimizer step.
+(a) training images/s of the library's loop (uint8 batches in memory, augmented on the device, in
+the precision a run would use), (b) the same model trained the naive way (a torchvision Dataset with
+per-image PIL transforms through a DataLoader, plain fp32), (c) evaluation images/s, and (d) the share
+of the library's step time spent outside the model's forward, backward and optimizer step. With
+`compile`, the library's loop runs the model through `torch.compile` and the compile time is reported
+apart (runs do not compile: on the CPUs measured it did not pay, see the README's Speed section).
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ from tqdm.auto import tqdm
 from .backbones import create_model
 from .recipes import Recipe, Stage
 from .runs import machine
-from .train import (compute_outputs, make_batch, make_optimizer, pick_device, place_model, set_trainable,
-                    training_step)
+from .train import (compute_outputs, make_batch, make_optimizer, pick_device, place_model, resolve_precision,
+                    set_trainable, training_step)
 
 _BENCH_RECIPE = Recipe("bench", "every group trains, crop/flip augmentation",
                        (Stage(epochs=1, lr=1e-4, train="all"),), weight_decay=1e-4, augment="crop_flip")
@@ -37,15 +39,18 @@ def _images(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
             torch.from_numpy(rng.integers(0, 10, n)))
 
 
-def library_training(model, images, labels, image_size, batch_size, steps, warmup, device, progress):
-    """Images/s of the library's step, and the fraction of step time outside forward/backward/step."""
+def library_training(model, images, labels, image_size, batch_size, steps, warmup, device, progress,
+                     precision="fp32", net=None):
+    """Images/s of the library's step, the fraction of step time outside forward/backward/step, and the
+    seconds of the first step (where torch.compile compiles). `net` runs the model (default: `model`)."""
+    net = net or model
     stage = _BENCH_RECIPE.stages[0]
     groups = set_trainable(model, stage)
     optimizer = make_optimizer(model, stage, _BENCH_RECIPE, groups)
     loss_fn = nn.CrossEntropyLoss()
     generator = torch.Generator().manual_seed(0)
     images, labels = images.to(device), labels.to(device)
-    total = model_time = 0.0
+    total = model_time = first = 0.0
     for step in tqdm(range(warmup + steps), desc="library loop", disable=not progress, leave=False):
         _sync(device)
         started = time.perf_counter()
@@ -54,13 +59,15 @@ def library_training(model, images, labels, image_size, batch_size, steps, warmu
         targets = labels[index]
         _sync(device)
         model_started = time.perf_counter()
-        training_step(model, x, targets, optimizer, loss_fn, device)
+        training_step(net, x, targets, optimizer, loss_fn, device, precision)
         _sync(device)
         ended = time.perf_counter()
+        if step == 0:
+            first = ended - started
         if step >= warmup:
             total += ended - started
             model_time += ended - model_started
-    return batch_size * steps / total, (total - model_time) / total
+    return batch_size * steps / total, (total - model_time) / total, first
 
 
 class _PilDataset(torch.utils.data.Dataset):
@@ -121,10 +128,11 @@ def naive_training(model, images, labels, image_size, batch_size, steps, warmup,
 
 def bench(backbone: str = "efficientnet_lite0", image_size: int = 224, device: str | None = None,
           batch_size: int | None = None, steps: int | None = None, workers: int | None = None,
-          progress: bool = True) -> dict:
+          progress: bool = True, precision: str = "auto", compile: bool = False) -> dict:
     import os
 
     chosen = pick_device(device)
+    precision = resolve_precision(precision, chosen)
     on_gpu = chosen.type == "cuda"
     batch_size = batch_size or (256 if on_gpu else 32)
     steps = steps or (50 if on_gpu else 8)
@@ -136,15 +144,18 @@ def bench(backbone: str = "efficientnet_lite0", image_size: int = 224, device: s
     images, labels = _images(n_images)
     torch.manual_seed(0)
     model = place_model(create_model(backbone, 10), chosen)
-    train_ips, overhead = library_training(model, images, labels, image_size, batch_size, steps, warmup, chosen,
-                                           progress)
+    net = torch.compile(model) if compile else model
+    train_ips, overhead, first_step = library_training(model, images, labels, image_size, batch_size, steps, warmup,
+                                                       chosen, progress, precision, net)
 
     _sync(chosen)
     eval_n = batch_size * steps
-    compute_outputs(model, images[: batch_size * 2], image_size, batch_size, chosen)  # warm-up
-    _sync(chosen)
     started = time.perf_counter()
-    compute_outputs(model, images[:eval_n], image_size, batch_size, chosen)
+    compute_outputs(net, images[: batch_size * 2], image_size, batch_size, chosen, precision=precision)  # warm-up
+    _sync(chosen)
+    eval_warmup = time.perf_counter() - started
+    started = time.perf_counter()
+    compute_outputs(net, images[:eval_n], image_size, batch_size, chosen, precision=precision)
     _sync(chosen)
     eval_ips = eval_n / (time.perf_counter() - started)
 
@@ -164,6 +175,10 @@ def bench(backbone: str = "efficientnet_lite0", image_size: int = 224, device: s
         "eval_images_per_second": eval_ips,
         "overhead_fraction": overhead,
         "naive_loader_workers": workers,
-        "precision": "bf16 autocast" if on_gpu and torch.cuda.is_bf16_supported() else "fp32",
+        "precision": precision,
+        "naive_precision": "fp32",
+        "compile": bool(compile),
+        "first_train_step_seconds": first_step,  # includes the compilation when compiling
+        "eval_warmup_seconds": eval_warmup,
         "machine": machine(),
     }

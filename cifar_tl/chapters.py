@@ -1,8 +1,15 @@
-"""The book's chapters: list them, execute one with papermill, execute all and build the website."""
+"""The book's chapters: list them, execute one with papermill, execute all and build the website.
+
+The published book renders from the committed full-profile records (`results/`): a chapter whose
+records are all there executes in the full profile with CIFAR_TL_RENDER_ONLY set, so it reads them
+and trains nothing. A chapter still missing records executes in the smoke profile, says so on its
+page, and the build names the missing runs and the command that trains them.
+"""
 
 from __future__ import annotations
 
 import ast
+import contextlib
 import json
 import os
 import shutil
@@ -113,16 +120,49 @@ def parse_parameters(chapter: Chapter, pairs: list[tuple[str, str]]) -> dict:
     return values
 
 
-def run_chapter(chapter: Chapter, out_dir: Path, parameters: dict, progress: bool = True) -> Path:
-    """Execute `chapter` with papermill into `out_dir`; the output appears only if it succeeds."""
+# Paths the kernel reads from the environment; it runs in notebooks/, so relative ones are made absolute
+# against the folder the command was started in.
+_PATH_VARIABLES = ("CIFAR_TL_DATA", "CIFAR_TL_CACHE", "CIFAR_TL_RESULTS", "TORCH_HOME")
+
+
+@contextlib.contextmanager
+def _kernel_environment(render_only: bool = False):
+    """os.environ as the chapter's kernel should inherit it, restored afterwards."""
+    saved = dict(os.environ)
+    for name in _PATH_VARIABLES:
+        value = os.environ.get(name)
+        if value and name == "CIFAR_TL_DATA" and value.lower() in ("cifar10", "torchvision"):
+            continue
+        if value:
+            os.environ[name] = os.pathsep.join(str(Path(p).expanduser().absolute()) for p in value.split(os.pathsep))
+    if render_only:
+        os.environ["CIFAR_TL_RENDER_ONLY"] = "1"
+    else:
+        os.environ.pop("CIFAR_TL_RENDER_ONLY", None)
+    os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")  # the debugger's frozen-modules notice
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def run_chapter(chapter: Chapter, out_dir: Path, parameters: dict, progress: bool = True,
+                render_only: bool = False) -> Path:
+    """Execute `chapter` with papermill into `out_dir`; the output appears only if it succeeds.
+
+    With `render_only`, runs come from committed records and nothing is trained (CIFAR_TL_RENDER_ONLY)."""
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
+    parameters = dict(parameters)
     for name, value in parameters.items():
         _check_known(name, value)
+    if isinstance(parameters.get("data"), str) and parameters["data"].lower() not in ("cifar10", "torchvision"):
+        parameters["data"] = str(Path(parameters["data"]).expanduser().absolute())  # the kernel runs elsewhere
     out_dir.mkdir(parents=True, exist_ok=True)
     out = out_dir / chapter.path.name
-    with atomic_path(out) as tmp:
+    with atomic_path(out) as tmp, _kernel_environment(render_only):
         try:
             papermill.execute_notebook(
                 str(chapter.path), str(tmp), parameters=parameters, kernel_name="python3",
@@ -132,7 +172,21 @@ def run_chapter(chapter: Chapter, out_dir: Path, parameters: dict, progress: boo
             raise UserError(
                 f"chapter {chapter.id} failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue}"
             ) from exc
+        _hide_injected_parameters(tmp)
     return out
+
+
+def _hide_injected_parameters(path: Path) -> None:
+    """Tag papermill's injected-parameters cell `remove-cell`: the book shows the chapter's own
+    parameters cell once, not a second copy with the values a build passed."""
+    import nbformat
+
+    notebook = nbformat.read(path, as_version=4)
+    for cell in notebook.cells:
+        tags = cell.metadata.setdefault("tags", [])
+        if "injected-parameters" in tags and "remove-cell" not in tags:
+            tags.append("remove-cell")
+    nbformat.write(notebook, path)
 
 
 def default_profile() -> str:
@@ -141,11 +195,33 @@ def default_profile() -> str:
     return "full" if torch.cuda.is_available() else "smoke"
 
 
-def build_book(profile: str, progress: bool = True, root: Path = ROOT) -> Path:
+def chapter_profiles(chapter_ids: list[str]) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """How the published book builds each chapter: "full" (rendered from its committed records) when
+    every record it shows is committed and current, else "smoke"; and, per smoke chapter, what is missing."""
+    from .campaign import RECORD_CHAPTERS, campaign_status, chapter_runs
+
+    missing = {run for run in campaign_status().missing}
+    profiles, lacking = {}, {}
+    for chapter in chapter_ids:
+        needed = [run.label for run in chapter_runs(chapter) if run in missing]
+        if chapter in RECORD_CHAPTERS and not needed:
+            profiles[chapter] = "full"
+        else:
+            profiles[chapter] = "smoke"
+            lacking[chapter] = needed or ["records of runs the campaign does not train here (see the chapter)"]
+    return profiles, lacking
+
+
+def build_book(profile: str | None = None, progress: bool = True, root: Path = ROOT,
+               reuse: Path | None = None) -> Path:
     """Execute every chapter into a staging copy of the book, then build HTML into `_build/html`.
 
-    Jupyter Book renders the executed notebooks as they are (`execute_notebooks: off`), with
-    Sphinx warnings as errors, so a failed chapter or a broken reference fails the build.
+    `profile` None builds the published book: each chapter from its committed records where they are
+    all there, else in the smoke profile (see `chapter_profiles`). "smoke" or "full" builds every
+    chapter in that profile; "full" renders from records only and fails on a missing one. `reuse`: a
+    folder of chapters already executed in the smoke profile (by an earlier build), copied instead
+    of executed again. Jupyter Book renders the executed notebooks as they are (`execute_notebooks:
+    off`), with Sphinx warnings as errors, so a failed chapter or a broken reference fails the build.
     """
     build = root / "_build"
     staging = build / "source"
@@ -158,12 +234,32 @@ def build_book(profile: str, progress: bool = True, root: Path = ROOT) -> Path:
             raise UserError(f"{source} is missing: run `cifar-tl book` from a full checkout of cifar-tl")
         (shutil.copytree if source.is_dir() else shutil.copy2)(source, staging / name)
     timings = {}
-    for chapter in chapters(root):
+    all_chapters = chapters(root)
+    if profile is None:
+        profiles, lacking = chapter_profiles([c.id for c in all_chapters])
+    else:
+        profiles, lacking = {c.id: profile for c in all_chapters}, {}
+    for chapter in all_chapters:
         started = time.perf_counter()
-        print(f"cifar-tl: executing {chapter.id} ({profile})", file=sys.stderr)
-        run_chapter(chapter, staging / "notebooks", {"profile": profile}, progress)
+        chosen = profiles[chapter.id]
+        reused = reuse / chapter.path.name if reuse is not None and chosen == "smoke" else None
+        if reused is not None and reused.exists():
+            print(f"cifar-tl: {chapter.id}: reusing {reused} (smoke)", file=sys.stderr)
+            (staging / "notebooks").mkdir(exist_ok=True)
+            shutil.copy2(reused, staging / "notebooks" / chapter.path.name)
+        else:
+            how = "from its committed records" if chosen == "full" else "smoke profile"
+            print(f"cifar-tl: executing {chapter.id} ({how})", file=sys.stderr)
+            run_chapter(chapter, staging / "notebooks", {"profile": chosen}, progress, render_only=chosen == "full")
         timings[chapter.id] = round(time.perf_counter() - started, 1)
     print(f"cifar-tl: chapter times (s): {timings}", file=sys.stderr)
+    if lacking:
+        print(f"cifar-tl: {len(lacking)} chapter(s) built in the smoke profile, their full-profile records not all "
+              "committed yet (`cifar-tl campaign --status` lists them, `cifar-tl campaign` trains them):",
+              file=sys.stderr)
+        for chapter_id, runs in lacking.items():
+            print(f"  {chapter_id}: {len(runs)} missing: {', '.join(runs[:4])}{' …' if len(runs) > 4 else ''}",
+                  file=sys.stderr)
     html = build / "html"
     command = [
         sys.executable, "-c", "from jupyter_book.cli.main import main; main()", "build", str(staging), "--path-output", str(build / "book"),

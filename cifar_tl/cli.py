@@ -49,6 +49,10 @@ def _non_negative_int(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from .backbones import BACKBONES
     from .recipes import PROFILES, RECIPES
+    from .train import PRECISIONS
+
+    precision_help = ("bf16 autocast or fp32; auto (the default): bf16 where the hardware runs it natively "
+                      "(a GPU with bf16, a CPU with AVX-512 BF16 or AMX), else fp32")
 
     parser = _Parser(prog="cifar-tl", description="Transfer learning with few labels: runs, chapters and the book.")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks (also CIFAR_TL_DEBUG=1)")
@@ -67,7 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--val-per-class", type=_positive_int, default=50, help="validation images per class")
     train.add_argument("--data", help="class-folder directory or .tar.gz, or 'cifar10' (default: $CIFAR_TL_DATA)")
     train.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if there is one)")
+    train.add_argument("--precision", choices=PRECISIONS, default="auto", help=precision_help)
     train.add_argument("--force", action="store_true", help="train again even if the record exists")
+    train.add_argument("--results", metavar="DIR",
+                       help="also write the record into DIR/<machine>/ (full profile, whole test set only)")
     train.add_argument("--json", action="store_true", help="print exactly the run record as JSON on stdout")
     train.add_argument("--save-checkpoint", metavar="PATH",
                        help="train (even if the record exists) and save the model to PATH (a .pt file)")
@@ -88,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--batch-size", type=_positive_int, help="default: 256 on a GPU, 32 on a CPU")
     bench.add_argument("--steps", type=_positive_int, help="measured steps (default: 50 on a GPU, 8 on a CPU)")
     bench.add_argument("--workers", type=_non_negative_int, help="DataLoader workers of the naive loop")
+    bench.add_argument("--precision", choices=PRECISIONS, default="auto", help=precision_help)
+    bench.add_argument("--compile", action="store_true",
+                       help="run the library's loop through torch.compile (compile time reported apart)")
     bench.add_argument("--out", help="also write the result as JSON to this file (atomically)")
     bench.add_argument("--json", action="store_true", help="print exactly the result as JSON on stdout")
 
@@ -109,8 +119,24 @@ def build_parser() -> argparse.ArgumentParser:
     results.add_argument("--base", metavar="RECIPE", help="also show each recipe's paired test difference from RECIPE")
     results.add_argument("--json", action="store_true", help="print exactly the table as a JSON list of rows")
 
+    campaign = commands.add_parser(
+        "campaign", help="train the full-profile records the book is missing, one at a time (resumable)")
+    campaign.add_argument("--results", default=None, metavar="DIR",
+                          help="folder of committed records (default: the checkout's results/)")
+    campaign.add_argument("--data", help="class-folder directory or .tar.gz, or 'cifar10' (default: $CIFAR_TL_DATA)")
+    campaign.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if there is one)")
+    campaign.add_argument("--precision", choices=PRECISIONS, default="auto", help=precision_help)
+    campaign.add_argument("--recipe", action="append", dest="recipes", metavar="RECIPE",
+                          help="train only this recipe's missing runs (repeatable)")
+    campaign.add_argument("--max-runs", type=_positive_int, help="stop after this many runs")
+    shown = campaign.add_mutually_exclusive_group()
+    shown.add_argument("--status", action="store_true", help="only print what is done, missing and stale")
+    shown.add_argument("--commands", action="store_true",
+                       help="only print one `cifar-tl train` command per missing run, for a scheduler")
+
     book = commands.add_parser("book", help="execute every chapter and build the website into _build/html")
-    book.add_argument("--profile", help=f"one of: {', '.join(PROFILES)} (default: full on a GPU, smoke on a CPU)")
+    book.add_argument("--profile", help=f"build every chapter in one profile: {', '.join(PROFILES)} (default: each "
+                      "chapter from its committed full-profile records, smoke where they are missing)")
     return parser
 
 
@@ -120,7 +146,7 @@ def _train(args) -> None:
     config = make_config(
         args.recipe, args.backbone, per_class=args.per_class, seed=args.seed, profile=args.profile,
         image_size=args.image_size, epochs=args.epochs, test_limit=getattr(args, "test_limit", "profile"),
-        val_per_class=args.val_per_class, data=args.data,
+        val_per_class=args.val_per_class, data=args.data, precision=args.precision, device=args.device,
     )
     if args.save_checkpoint:
         from .checkpoints import save_checkpoint
@@ -130,6 +156,11 @@ def _train(args) -> None:
         print(f"cifar-tl: saved checkpoint {args.save_checkpoint}", file=sys.stderr)
     else:
         record = run(config, force=args.force, progress=True, device=args.device)
+    if args.results:
+        from .campaign import save_to_results
+
+        path = save_to_results(record, Path(args.results))
+        print(f"cifar-tl: wrote {path}", file=sys.stderr)
     if args.json:
         json.dump(record, sys.stdout)
         sys.stdout.write("\n")
@@ -158,7 +189,8 @@ def _bench(args) -> None:
     from .files import write_json
 
     check_backbone(args.backbone)
-    result = bench(args.backbone, args.image_size, args.device, args.batch_size, args.steps, args.workers)
+    result = bench(args.backbone, args.image_size, args.device, args.batch_size, args.steps, args.workers,
+                   precision=args.precision, compile=args.compile)
     if args.out:
         write_json(args.out, result)
     if args.json:
@@ -166,7 +198,8 @@ def _bench(args) -> None:
         sys.stdout.write("\n")
         return
     print(f"{result['backbone']} at {result['image_size']}x{result['image_size']} on {result['device']} "
-          f"({result['machine']['gpu'] or result['machine']['cpu']}):\n"
+          f"({result['machine']['gpu'] or result['machine']['cpu']}), {result['precision']}, "
+          f"compile {result['compile']}:\n"
           f"  training, this library: {result['train_images_per_second']:.1f} images/s "
           f"(overhead outside the model: {100 * result['overhead_fraction']:.1f}%)\n"
           f"  training, naive DataLoader + PIL pipeline: {result['naive_train_images_per_second']:.1f} images/s\n"
@@ -223,16 +256,47 @@ def _results(args) -> None:
     print(table.to_string(index=False))
 
 
+def _campaign(args) -> None:
+    from .campaign import book_runs, campaign_status, describe, machine_slug, run_campaign, train_command
+    from .recipes import get_recipe
+    from .runs import results_dirs
+
+    for name in args.recipes or []:
+        get_recipe(name)
+        if name not in {r.recipe for r in book_runs()}:
+            raise UserError(f"recipe {name!r} is not shown in the book; the campaign trains only the book's runs")
+    if args.results:
+        results = Path(args.results)
+        os.environ["CIFAR_TL_RESULTS"] = str(results.absolute())
+    else:
+        found = results_dirs()
+        if not found:
+            raise UserError("no results/ folder here: run from a checkout of cifar-tl, or pass --results DIR")
+        results = found[0]
+    if args.status or args.commands:
+        status = campaign_status(args.data)
+        if args.commands:
+            for planned in status.missing:
+                if not args.recipes or planned.recipe in args.recipes:
+                    print(train_command(planned, results))
+        else:
+            print(describe(status, machine_slug()))
+        return
+    run_campaign(results, data=args.data, device=args.device, precision=args.precision, max_runs=args.max_runs,
+                 recipes=args.recipes)
+
+
 def _book(args) -> None:
-    from .chapters import build_book, default_profile
+    from .chapters import build_book
     from .recipes import get_profile
 
-    profile = args.profile or default_profile()
-    get_profile(profile)
-    if not args.profile:
-        print(f"cifar-tl: no --profile given; using '{profile}' for this machine", file=sys.stderr)
+    if args.profile:
+        get_profile(args.profile)
+    else:
+        print("cifar-tl: building the published book: each chapter from its committed full-profile records in "
+              "results/, or in the smoke profile where they are not all there yet", file=sys.stderr)
     started = time.perf_counter()
-    html = build_book(profile)
+    html = build_book(args.profile)
     print(f"cifar-tl: built {html / 'index.html'} in {time.perf_counter() - started:.0f} s", file=sys.stderr)
 
 
@@ -260,6 +324,8 @@ def main(argv: list[str] | None = None) -> int:
             _bench(args)
         elif args.command == "results":
             _results(args)
+        elif args.command == "campaign":
+            _campaign(args)
         elif args.command == "book":
             _book(args)
         elif args.command == "predict":

@@ -62,6 +62,11 @@ def resolve_source(data: str | os.PathLike | None = None) -> str:
     return chosen if _is_torchvision(chosen) else str(Path(chosen).expanduser().absolute())
 
 
+def portable_source(source: str) -> str:
+    """The source as a record names it on any machine: its file or folder name, not this machine's path."""
+    return TORCHVISION_SOURCE if _is_torchvision(source) else Path(source).name
+
+
 def _is_torchvision(source: str) -> bool:
     return source.lower() in (TORCHVISION_SOURCE, "torchvision")
 
@@ -140,7 +145,7 @@ def _identity(source: str, checksum: str, dataset: ImageDataset) -> dict:
     is_copy = checksum == f"sha256:{JPEG_COPY_SHA256}"
     previous = dataset.identity
     return {
-        "source": source,
+        "source": portable_source(source),
         "kind": "class-folder archive" if Path(source).is_file() else "class-folder directory",
         "name": JPEG_COPY_NAME if is_copy else f"class folders from {Path(source).name}",
         "checksum": checksum,

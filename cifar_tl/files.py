@@ -41,9 +41,11 @@ def atomic_path(path: str | os.PathLike):
         raise
 
 
-def write_json(path: str | os.PathLike, obj) -> None:
+def write_json(path: str | os.PathLike, obj, compact: bool = False) -> None:
+    """Write `obj` as JSON atomically; `compact` puts it on one line (run records: their long lists of
+    predictions would otherwise take a line per number)."""
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=1, sort_keys=False) + "\n")
+        tmp.write_text(json.dumps(obj, indent=None if compact else 1, sort_keys=False) + "\n")
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -62,6 +62,7 @@ class Recipe:
     ema_decay: float = 0.0  # evaluate an exponential moving average of the weights when above 0
     image_size: int | None = None  # a fixed input size (the from-scratch CNN); None: the profile's
     builds_on: str | None = None  # the recipe this one changes (the technique chapters' ladder)
+    chapter: str | None = None  # the chapter (notebook id) that introduces this recipe
 
     def __post_init__(self):
         if self.augment not in AUGMENTATIONS:
@@ -73,9 +74,9 @@ class Recipe:
         return asdict(self)
 
 
-def _step(base: Recipe, name: str, description: str, **changes) -> Recipe:
-    """A recipe that changes `base` (and says so in `builds_on`)."""
-    return replace(base, name=name, description=description, builds_on=base.name, **changes)
+def _step(base: Recipe, name: str, chapter: str, description: str, **changes) -> Recipe:
+    """A recipe that changes `base` (and says so in `builds_on`), introduced in `chapter`."""
+    return replace(base, name=name, description=description, builds_on=base.name, chapter=chapter, **changes)
 
 
 def _ladder() -> list[Recipe]:
@@ -85,16 +86,17 @@ def _ladder() -> list[Recipe]:
         "everything unfrozen at one learning rate, as a first attempt would be: Adam (no weight decay) 1e-3, "
         "constant, 15 epochs",
         (Stage(epochs=15, lr=1e-3, train="all", schedule="constant"),),
+        chapter="04-naive-finetune",
     )
-    cosine = _step(naive, "ft_cosine", "finetune_naive with 1 epoch of linear warm-up, then cosine",
+    cosine = _step(naive, "ft_cosine", "05-schedule", "finetune_naive with 1 epoch of linear warm-up, then cosine",
                    stages=(replace(naive.stages[0], schedule="cosine", warmup_epochs=1.0),))
     discriminative = _step(
-        cosine, "ft_discriminative",
+        cosine, "ft_discriminative", "06-discriminative-lr",
         "ft_cosine with a rate per layer group: x0.7 per group from the head (1e-3) down to the stem",
         stages=(replace(cosine.stages[0], lr_decay=0.7),),
     )
     gradual = _step(
-        discriminative, "ft_gradual",
+        discriminative, "ft_gradual", "07-staged-unfreezing",
         "ft_discriminative unfrozen in stages: the head for 3 epochs, then the top 4 groups for 4, "
         "then everything for 8",
         stages=(Stage(epochs=3, lr=1e-3, train="head", schedule="cosine"),
@@ -102,24 +104,24 @@ def _ladder() -> list[Recipe]:
                 Stage(epochs=8, lr=3e-4, train="all", lr_decay=0.7, schedule="cosine", warmup_epochs=0.5)),
     )
     lpft = _step(
-        discriminative, "ft_lpft",
+        discriminative, "ft_lpft", "07-staged-unfreezing",
         "LP-FT: fit the linear head on frozen features (20 epochs), then fine-tune everything from it "
         "(15 epochs, head 3e-4, x0.7 per group, warm-up and cosine)",
         stages=(Stage(epochs=20, lr=1e-3, train="head", schedule="cosine", augment=False),
                 Stage(epochs=15, lr=3e-4, train="all", lr_decay=0.7, schedule="cosine", warmup_epochs=1.0)),
     )
     bn_frozen = _step(
-        lpft, "ft_bn_frozen",
+        lpft, "ft_bn_frozen", "08-batchnorm",
         "ft_lpft with every BatchNorm's statistics frozen at their ImageNet values during fine-tuning",
         stages=(lpft.stages[0], replace(lpft.stages[1], trainable_bn="eval")),
     )
-    crop_flip = _step(bn_frozen, "ft_crop_flip", "ft_bn_frozen with random crops and flips on the device",
+    crop_flip = _step(bn_frozen, "ft_crop_flip", "09-augmentation", "ft_bn_frozen with random crops and flips on the device",
                       augment="crop_flip")
-    mix = _step(crop_flip, "ft_mix", "ft_crop_flip with MixUp (α 0.2) or CutMix (α 1.0) per batch",
+    mix = _step(crop_flip, "ft_mix", "09-augmentation", "ft_crop_flip with MixUp (α 0.2) or CutMix (α 1.0) per batch",
                 mixup_alpha=0.2, cutmix_alpha=1.0)
-    regularised = _step(mix, "ft_regularised", "ft_mix with label smoothing 0.1 and weight decay 0.05",
+    regularised = _step(mix, "ft_regularised", "10-regularisation", "ft_mix with label smoothing 0.1 and weight decay 0.05",
                         label_smoothing=0.1, weight_decay=0.05)
-    full = _step(regularised, "full", "the full recipe: ft_regularised evaluated with an EMA of the weights "
+    full = _step(regularised, "full", "11-tta-averaging", "the full recipe: ft_regularised evaluated with an EMA of the weights "
                  "(decay 0.99) and test-time flips", tta="flip", ema_decay=0.99)
     return [naive, cosine, discriminative, gradual, lpft, bn_frozen, crop_flip, mix, regularised, full]
 
@@ -134,12 +136,14 @@ RECIPES: dict[str, Recipe] = {
             weight_decay=5e-4,
             augment="crop_flip",
             image_size=32,
+            chapter="02-scratch",
         ),
         Recipe(
             "linear_probe",
             "frozen backbone, a new linear head: AdamW 1e-3, cosine, 100 epochs on cached features",
             (Stage(epochs=100, lr=1e-3, train="head", schedule="cosine"),),
             weight_decay=1e-4,
+            chapter="03-linear-probe",
         ),
         *_ladder(),
     ]

@@ -1,8 +1,12 @@
 """Runs: a config names a record; a record holds everything needed to trust and compare a result.
 
-A record is JSON under `CIFAR_TL_CACHE/runs/`, named by a hash of the config, the data checksum and
-the code version, and written atomically. An existing record is read back instead of training again,
-unless `force` is given; a change of code or data gives a new name, so no result is overwritten.
+A record is JSON, written atomically, named by a hash of its identity: the config (without the data's
+path), the data's checksum, the checksum of the weights the backbone loads, the recipe's definition
+(every setting that decides the result) and `RESULT_REVISION`. Records live in the cache
+(`CIFAR_TL_CACHE/runs/`) and, committed, in the checkout's `results/<machine>/`; an existing record is
+read back instead of training again, unless `force` is given. Other data, other weights or a changed
+recipe give another name, so no result is overwritten; a committed record whose recipe no longer
+matches recipes.py is stale (`stale_reason`), and nothing presents it as current.
 """
 
 from __future__ import annotations
@@ -22,15 +26,24 @@ import torch
 
 from . import __version__
 from .backbones import check_backbone, create_model
-from .data import balanced_subset, capped_test, indices_hash, load_dataset, resolve_source, source_checksum
+from .data import (balanced_subset, capped_test, indices_hash, load_dataset, portable_source, resolve_source,
+                   source_checksum)
 from .errors import UserError
 from .files import atomic_path, cache_dir, sha256_json, write_json
-from .recipes import get_profile, get_recipe, scaled_stages
-from .train import classification_metrics, compute_outputs, eval_batch_size, pick_device, train
+from .recipes import RECIPES, get_profile, get_recipe, scaled_stages
+from .train import (classification_metrics, compute_outputs, eval_batch_size, pick_device, resolve_precision,
+                    train)
 
-# The modules whose code decides a result: editing one gives every run a new record name.
+# The modules whose code decides a result; their hash is stored in every record (`code_version`) to say
+# which code made it, but is not part of its identity: editing them does not retire the records.
 _RESULT_MODULES = ("data.py", "backbones.py", "augment.py", "recipes.py", "train.py", "runs.py")
+# Part of every record's identity. Bump it when an edit changes what a run computes for the same config,
+# recipe, data and weights (a bug fix in the trainer, a new augmentation kernel): every record then
+# becomes stale and the campaign trains them again. Edits that keep results (speed, logging) leave it.
+RESULT_REVISION = 1
 DEFAULT_VAL_PER_CLASS = 50
+# Recipe fields that describe rather than decide: left out of a record's identity.
+_DESCRIPTIVE_FIELDS = ("name", "description", "builds_on", "chapter")
 
 
 def code_version() -> str:
@@ -52,9 +65,14 @@ class RunConfig:
     test_limit: int | None  # None: the whole test split
     val_per_class: int
     data: str
+    precision: str = "fp32"  # "bf16" or "fp32", resolved from "auto" for the device that will train
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    def key(self) -> dict:
+        """The config as it enters a record's identity: without the data's path, which differs per machine."""
+        return {k: v for k, v in self.as_dict().items() if k != "data"}
 
 
 _PROFILE_DEFAULT = "profile"
@@ -71,8 +89,11 @@ def make_config(
     test_limit: int | None | str = _PROFILE_DEFAULT,
     val_per_class: int = DEFAULT_VAL_PER_CLASS,
     data: str | None = None,
+    precision: str = "auto",
+    device: str | None = None,
 ) -> RunConfig:
-    """Check the arguments and fill what is unset from the recipe and the profile."""
+    """Check the arguments and fill what is unset from the recipe and the profile; "auto" precision
+    becomes bf16 where `device` (default: the GPU if any, else the CPU) runs it natively, else fp32."""
     chosen_recipe, chosen_profile = get_recipe(recipe), get_profile(profile)
     check_backbone(backbone)
     for name, value in (("--per-class", per_class), ("--image-size", image_size), ("--epochs", epochs)):
@@ -100,17 +121,66 @@ def make_config(
         test_limit=test_limit,
         val_per_class=val_per_class,
         data=resolve_source(data),
+        precision=resolve_precision(precision, pick_device(device)),
     )
 
 
-def record_path(config: RunConfig, checksum: str | None = None) -> Path:
+def recipe_definition(recipe: dict) -> dict:
+    """The settings of a recipe (as a dict, stages as run) that decide a result: not its name or prose."""
+    return {k: v for k, v in recipe.items() if k not in _DESCRIPTIVE_FIELDS}
+
+
+def run_stages(config: RunConfig):
+    return scaled_stages(get_recipe(config.recipe), get_profile(config.profile).max_epochs, config.epochs)
+
+
+def current_recipe(config: RunConfig) -> dict:
+    """The recipe of `config` as recipes.py defines it today, with the stages the profile runs."""
+    return {**get_recipe(config.recipe).as_dict(), "stages": [asdict(s) for s in run_stages(config)]}
+
+
+def identity(config: RunConfig, data_checksum: str, weights_sha256: str | None) -> dict:
+    """Everything that decides a run's result; its hash names the record."""
+    return {
+        "config": config.key(),
+        "data": data_checksum,
+        "weights": weights_sha256,
+        "recipe": recipe_definition(current_recipe(config)),
+        "revision": RESULT_REVISION,
+    }
+
+
+def record_name(ident: dict) -> str:
+    config = ident["config"]
+    return f"{config['recipe']}-{config['backbone']}-s{config['seed']}-{sha256_json(ident)[:12]}"
+
+
+def record_path(config: RunConfig, checksum: str | None = None, weights_sha256: str | None = None) -> Path:
+    """Where the cache keeps the record of `config` (the weights' checksum from the backbone if not given)."""
     checksum = checksum or source_checksum(config.data)
-    key = {k: v for k, v in config.as_dict().items() if k != "data"}  # the path may differ per machine
-    digest = sha256_json({"config": key, "data": checksum, "code": code_version()})[:12]
-    return cache_dir("runs") / f"{config.recipe}-{config.backbone}-s{config.seed}-{digest}.json"
+    if weights_sha256 is None:
+        weights_sha256 = create_model(config.backbone, 10, pretrained=True).weights["sha256"]
+    return cache_dir("runs") / f"{record_name(identity(config, checksum, weights_sha256))}.json"
+
+
+def stale_reason(record: dict) -> str | None:
+    """Why a record no longer stands for its recipe today (None: it does): the recipe was changed or
+    removed, or the code that computes results has been revised since."""
+    ident = record.get("identity") or {}
+    recipe = (record.get("config") or {}).get("recipe")
+    if ident.get("revision") != RESULT_REVISION:
+        return f"made at result revision {ident.get('revision')}, the code is at {RESULT_REVISION}"
+    if recipe not in RECIPES:
+        return f"recipe {recipe!r} no longer exists"
+    config = RunConfig(**{**record["config"], "data": ""})
+    if recipe_definition(current_recipe(config)) != ident.get("recipe"):
+        return f"recipe {recipe!r} has changed since the record was made"
+    return None
 
 
 def machine() -> dict:
+    from .train import cpu_has_native_bf16
+
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -122,6 +192,8 @@ def machine() -> dict:
     return {
         "cpu": cpu,
         "cpu_count": os.cpu_count(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # the widest vector ISA PyTorch uses here
+        "cpu_native_bf16": cpu_has_native_bf16(),
         "torch_threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "python": platform.python_version(),
@@ -151,12 +223,65 @@ def read_record(path: Path) -> dict | None:
         return None
 
 
-def _valid_record(path: Path, checksum: str) -> dict | None:
-    """The record at `path` if it is readable and made by this code from this data."""
-    record = read_record(path) if path.exists() else None
-    if record is None or record.get("code_version") != code_version() or record["data"]["checksum"] != checksum:
-        return None
-    return record
+def results_dirs() -> list[Path]:
+    """Folders of committed records: `$CIFAR_TL_RESULTS` (paths separated by os.pathsep), else the
+    checkout's `results/` when there is one."""
+    chosen = os.environ.get("CIFAR_TL_RESULTS")
+    if chosen:
+        return [Path(p).expanduser().absolute() for p in chosen.split(os.pathsep) if p]
+    checkout = Path(__file__).resolve().parent.parent / "results"
+    return [checkout] if checkout.is_dir() else []
+
+
+def committed_records() -> list[tuple[Path, dict]]:
+    """Every readable run record under the results folders, with its path."""
+    found = []
+    for folder in results_dirs():
+        for path in sorted(folder.rglob("*.json")):
+            record = read_record(path)
+            if isinstance(record, dict) and {"config", "metrics", "identity"} <= record.keys():
+                found.append((path, record))
+    return found
+
+
+def _find_record(name: str, ident: dict) -> dict | None:
+    """The record named `name` with exactly this identity: in the cache, else among the committed ones."""
+    candidates = [cache_dir("runs") / f"{name}.json"]
+    candidates += [path for folder in results_dirs() for path in folder.glob(f"*/{name}.json")]
+    for path in candidates:
+        record = read_record(path) if path.exists() else None
+        if record is not None and record.get("identity") == ident:
+            return record
+    return None
+
+
+def reference_record(config: RunConfig) -> dict | None:
+    """The committed record that stands for `config` when the book is rendered without training.
+
+    Matches the config in every field but the data's path and the precision (bf16 and fp32 records
+    both count; the page says which), needs a recipe that is not stale, and the same data checksum when
+    `config.data` is at hand. Among several, the most recent.
+    """
+    wanted = {k: v for k, v in config.key().items() if k != "precision"}
+    checksum = source_checksum(config.data) if _source_at_hand(config.data) else None
+    matches = []
+    for _, record in committed_records():
+        key = {k: v for k, v in record["identity"]["config"].items() if k != "precision"}
+        if key != wanted or stale_reason(record) is not None:
+            continue
+        if checksum is not None and record["identity"]["data"] != checksum:
+            continue
+        matches.append(record)
+    return max(matches, key=lambda r: r.get("created", ""), default=None)
+
+
+def _source_at_hand(source: str) -> bool:
+    return Path(source).exists()
+
+
+def render_only() -> bool:
+    """Whether runs must come from records (CIFAR_TL_RENDER_ONLY=1, set by `cifar-tl book`): no training."""
+    return os.environ.get("CIFAR_TL_RENDER_ONLY", "") not in ("", "0")
 
 
 def _cached_model(config: RunConfig, weights: Path, n_classes: int):
@@ -175,31 +300,45 @@ def run(config: RunConfig, force: bool = False, progress: bool = True, device: s
         return_model: bool = False):
     """Train and evaluate `config`, or read its existing record back. Returns the record, or with
     `return_model` (record, trained model): the model's weights are then kept beside the record
-    (`<record>.pt`), so that asking again reads them back too instead of training again."""
+    (`<record>.pt`), so that asking again reads them back too instead of training again.
+
+    With CIFAR_TL_RENDER_ONLY set, the record must already be committed (`reference_record`): nothing
+    is trained, and neither data nor weights are needed."""
+    if render_only():
+        if return_model:
+            raise UserError(f"{config.recipe} ({config.backbone}): the book is being rendered from records "
+                            "(CIFAR_TL_RENDER_ONLY), but this chapter needs a trained model; build it with --profile")
+        record = reference_record(config)
+        if record is None:
+            raise UserError(f"no committed full-profile record of {config.recipe} ({config.backbone}, subset "
+                            f"{config.seed}) under {', '.join(map(str, results_dirs())) or 'results/'}: "
+                            "`cifar-tl campaign` trains the missing ones")
+        return record
+    started = time.perf_counter()
     checksum = source_checksum(config.data)
-    path = record_path(config, checksum)
+    dataset = _dataset(config.data, progress)
+    torch.manual_seed(config.seed)  # the new head's initial weights
+    model = create_model(config.backbone, len(dataset.classes))  # loads the weights, or says why it cannot
+    ident = identity(config, checksum, model.weights["sha256"])
+    name = record_name(ident)
+    path = cache_dir("runs") / f"{name}.json"
     weights = path.with_suffix(".pt")
-    existing = _valid_record(path, checksum)
-    if not force and existing is not None:
+    existing = _find_record(name, ident)
+    if existing is not None and not force:
         if not return_model:
             return existing
-        model = _cached_model(config, weights, len(existing["data"]["classes"]))
-        if model is not None:
-            return existing, model
-    elif not force and path.exists():
-        print(f"cifar-tl: record {path.name} is unreadable or stale; running again", file=sys.stderr)
+        cached = _cached_model(config, weights, len(existing["data"]["classes"]))
+        if cached is not None:
+            return existing, cached
+    elif existing is None and path.exists():
+        print(f"cifar-tl: record {path.name} is unreadable or not of this run; running again", file=sys.stderr)
 
-    started = time.perf_counter()
-    dataset = _dataset(config.data, progress)
     recipe = get_recipe(config.recipe)
-    stages = scaled_stages(recipe, get_profile(config.profile).max_epochs, config.epochs)
+    stages = run_stages(config)
     train_idx, val_idx = balanced_subset(
         dataset.train_labels, config.per_class, config.val_per_class, config.seed, dataset.classes
     )
     test_idx = capped_test(dataset.test_labels, config.test_limit)
-
-    torch.manual_seed(config.seed)  # the new head's initial weights
-    model = create_model(config.backbone, len(dataset.classes))
     chosen_device = pick_device(device)
     if chosen_device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -211,29 +350,32 @@ def run(config: RunConfig, force: bool = False, progress: bool = True, device: s
     x_val, y_val = tensors(dataset.train_images, dataset.train_labels, val_idx)
     x_test, y_test = tensors(dataset.test_images, dataset.test_labels, test_idx)
     result = train(model, recipe, stages, x_train, y_train, x_val, y_val, config.image_size, chosen_device,
-                   config.seed, progress)
+                   config.seed, progress, config.precision)
 
     eval_started = time.perf_counter()
     batch = eval_batch_size(chosen_device)
     test_logits = compute_outputs(model, x_test, config.image_size, batch, chosen_device, progress=progress,
-                                  desc="test set", tta=recipe.tta)
+                                  desc="test set", tta=recipe.tta, precision=config.precision)
     eval_seconds = time.perf_counter() - eval_started
     n_classes = len(dataset.classes)
     test = classification_metrics(test_logits, y_test.numpy(), n_classes)
     if recipe.tta != "none" or recipe.ema_decay > 0:  # the final model differs from the last epoch's
-        val_logits = compute_outputs(model, x_val, config.image_size, batch, chosen_device, tta=recipe.tta)
+        val_logits = compute_outputs(model, x_val, config.image_size, batch, chosen_device, tta=recipe.tta,
+                                     precision=config.precision)
         val_accuracy = classification_metrics(val_logits, y_val.numpy(), n_classes)["accuracy"]
     else:
         val_accuracy = result.history[-1]["val_accuracy"]
 
     record = {
-        "name": path.stem,
+        "name": name,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "code_version": code_version(),
-        "config": config.as_dict(),
+        "identity": ident,
+        "config": {**config.as_dict(), "data": portable_source(config.data)},
         "recipe": {**recipe.as_dict(), "stages": [asdict(s) for s in stages]},
         "data": {
             **dataset.identity,
+            "source": portable_source(config.data),
             "checksum": checksum,
             "seed": config.seed,
             "counts": {"train": len(train_idx), "val": len(val_idx), "test": len(test_idx)},
@@ -267,6 +409,7 @@ def run(config: RunConfig, force: bool = False, progress: bool = True, device: s
             else None,
             "eval_images_per_second": len(test_idx) / eval_seconds if eval_seconds else None,
             "device": str(chosen_device),
+            "precision": config.precision,
         },
         "machine": machine(),
     }

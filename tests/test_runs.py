@@ -124,7 +124,9 @@ def test_smoke_run_writes_a_complete_record(tiny_dataset, recipe, backbone, coun
 
     for key in ("config", "recipe", "data", "weights", "model", "metrics", "history", "timing", "machine"):
         assert key in record, key
-    assert record["config"] == config.as_dict()
+    assert record["config"] == {**config.as_dict(), "data": "tiny-dataset"}  # portable: no machine's path
+    assert record["config"]["precision"] == record["timing"]["precision"] == "fp32"
+    assert record["identity"]["weights"] == record["weights"]["sha256"]
     assert record["recipe"]["name"] == recipe
     assert [s["epochs"] for s in record["recipe"]["stages"]] == [2]
 
@@ -263,7 +265,7 @@ def test_different_seeds_give_different_subsets(tiny_dataset):
     assert records[0]["name"] != records[1]["name"]
 
 
-@pytest.mark.parametrize("damage", ["truncated", "empty", "stale code"])
+@pytest.mark.parametrize("damage", ["truncated", "empty", "other identity"])
 def test_a_damaged_or_stale_record_is_not_trusted(tiny_dataset, count_training, damage, capsys):
     config = _config(tiny_dataset)
     path = record_path(config)
@@ -274,8 +276,8 @@ def test_a_damaged_or_stale_record_is_not_trusted(tiny_dataset, count_training, 
     elif damage == "empty":
         path.write_text("")
     else:
-        path.write_text(json.dumps({**first, "code_version": "0.0.0+000000000000"}))
-    assert damage == "stale code" or read_record(path) is None
+        path.write_text(json.dumps({**first, "identity": {**first["identity"], "weights": "0" * 64}}))
+    assert damage == "other identity" or read_record(path) is None
     again = run(config, progress=False)
     assert count_training == [1, 1]
     assert "running again" in capsys.readouterr().err

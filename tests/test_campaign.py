@@ -1,0 +1,250 @@
+"""Precision, a record's identity (weights included), stale records, rendering from committed records,
+the campaign that trains what the book is missing, and the chapters' paths."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import cifar_tl.runs as runs_module
+from cifar_tl import campaign
+from cifar_tl.campaign import PlannedRun, book_runs, claim, run_campaign, save_to_results
+from cifar_tl.chapters import ROOT, _kernel_environment, chapters
+from cifar_tl.errors import UserError
+from cifar_tl.recipes import RECIPES
+from cifar_tl.runs import committed_records, make_config, record_path, run, stale_reason
+from cifar_tl.train import cpu_has_native_bf16, resolve_precision
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("CIFAR_TL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("CIFAR_TL_RENDER_ONLY", raising=False)
+
+
+def _config(data, recipe="linear_probe", backbone="simple_cnn", **overrides):
+    options = dict(per_class=5, val_per_class=5, seed=0, profile="smoke", image_size=32, epochs=1)
+    options.update(overrides)
+    return make_config(recipe, backbone, data=str(data), **options)
+
+
+# -- precision ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("flags, native", [
+    ("fpu sse avx2 fma", False),
+    ("fpu avx2 avx512f avx512bw", False),  # AVX-512 without its BF16 extension: emulated, slow
+    ("fpu avx512f avx512_bf16", True),
+    ("fpu amx_tile amx_bf16", True),
+])
+def test_native_bf16_is_read_from_the_cpu_flags(tmp_path, flags, native):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: {flags}\n")
+    assert cpu_has_native_bf16(str(cpuinfo)) is native
+    assert cpu_has_native_bf16(str(tmp_path / "missing")) is False
+
+
+def test_auto_precision_falls_back_to_fp32_without_native_bf16(monkeypatch):
+    import cifar_tl.train as train_module
+
+    monkeypatch.setattr(train_module, "cpu_has_native_bf16", lambda: False)
+    assert resolve_precision("auto", CPU) == "fp32"
+    monkeypatch.setattr(train_module, "cpu_has_native_bf16", lambda: True)
+    assert resolve_precision("auto", CPU) == "bf16"
+    assert resolve_precision("fp32", CPU) == "fp32" and resolve_precision("bf16", CPU) == "bf16"
+    with pytest.raises(UserError, match="unknown precision 'fp16'"):
+        resolve_precision("fp16", CPU)
+
+
+def test_bf16_and_fp32_smoke_runs_both_complete_and_say_which_ran(tiny_dataset):
+    records = {p: run(_config(tiny_dataset, "finetune_naive", precision=p), progress=False) for p in ("bf16", "fp32")}
+    for precision, record in records.items():
+        assert record["config"]["precision"] == record["timing"]["precision"] == precision
+        assert record["identity"]["config"]["precision"] == precision
+        assert 0 <= record["metrics"]["test_accuracy"] <= 1
+    assert records["bf16"]["name"] != records["fp32"]["name"]  # two records, compared honestly
+
+
+# -- identity: the weights a run loads --------------------------------------------------------------------------
+
+
+def _save_resnet18(torch_home: Path, seed: int) -> Path:
+    import torchvision
+
+    from cifar_tl.backbones import torchvision_checkpoint
+
+    torch.manual_seed(seed)
+    _, path = torchvision_checkpoint("resnet18")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
+    return path
+
+
+def test_other_weights_give_another_record_and_missing_weights_a_clear_error(tiny_dataset, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("CIFAR_TL_OFFLINE", "1")
+    weights = _save_resnet18(tmp_path / "torch", seed=0)
+    config = _config(tiny_dataset, backbone="resnet18")
+    first = run(config, progress=False)
+    assert first["identity"]["weights"] == first["weights"]["sha256"] is not None
+    _save_resnet18(tmp_path / "torch", seed=1)  # other weights under the same file name
+    second = run(config, progress=False)
+    assert second["name"] != first["name"] and second["weights"]["sha256"] != first["weights"]["sha256"]
+    weights.unlink()
+    with pytest.raises(UserError, match="weights for resnet18 are not on this machine"):
+        run(config, progress=False)  # not the earlier record: these weights cannot be had
+
+
+# -- stale records and rendering from committed records -------------------------------------------------------
+
+
+def _committed(tmp_path, record) -> Path:
+    folder = tmp_path / "results" / "some-machine"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{record['name']}.json").write_text(json.dumps(record))
+    return tmp_path / "results"
+
+
+def test_a_changed_recipe_makes_its_records_stale(tiny_dataset, monkeypatch):
+    from dataclasses import replace
+
+    record = run(_config(tiny_dataset), progress=False)
+    assert stale_reason(record) is None
+    changed = replace(RECIPES["linear_probe"], weight_decay=0.5)
+    monkeypatch.setitem(RECIPES, "linear_probe", changed)
+    assert "has changed" in stale_reason(record)
+    monkeypatch.setattr(runs_module, "RESULT_REVISION", runs_module.RESULT_REVISION + 1)
+    assert "result revision" in stale_reason(record)
+
+
+def test_the_book_renders_from_committed_records_without_training_or_data(tiny_dataset, tmp_path, monkeypatch):
+    record = run(_config(tiny_dataset), progress=False)
+    monkeypatch.setenv("CIFAR_TL_RESULTS", str(_committed(tmp_path, record)))
+    monkeypatch.setenv("CIFAR_TL_RENDER_ONLY", "1")
+    monkeypatch.setattr(runs_module, "train", lambda *a, **k: pytest.fail("trained while rendering"))
+    elsewhere = _config(tmp_path / "no-data-here")  # the data is not on this machine: the record still serves
+    assert run(elsewhere, progress=False) == record
+    with pytest.raises(UserError, match="no committed full-profile record of linear_probe .*subset 1.*campaign"):
+        run(_config(tmp_path / "no-data-here", seed=1), progress=False)
+
+
+def test_rendering_refuses_a_stale_record(tiny_dataset, tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    record = run(_config(tiny_dataset), progress=False)
+    monkeypatch.setenv("CIFAR_TL_RESULTS", str(_committed(tmp_path, record)))
+    monkeypatch.setenv("CIFAR_TL_RENDER_ONLY", "1")
+    monkeypatch.setitem(RECIPES, "linear_probe", replace(RECIPES["linear_probe"], label_smoothing=0.3))
+    with pytest.raises(UserError, match="no committed full-profile record"):
+        run(_config(tiny_dataset), progress=False)
+
+
+def test_committed_results_are_whole_and_current():
+    """Every record in results/ is a whole full-profile run whose recipe is still today's (else the book
+    would present an old recipe's numbers as current): delete stale ones, `cifar-tl campaign` redoes them."""
+    found = committed_records()
+    assert found, "results/ holds no run records"
+    stale = [f"{path.relative_to(ROOT)}: {why}" for path, record in found if (why := stale_reason(record))]
+    assert not stale, "stale records in results/:\n" + "\n".join(stale)
+    partial = [str(path.relative_to(ROOT)) for path, record in found if not campaign.whole(record)]
+    assert not partial, f"records that are not whole full-profile runs: {partial}"
+    for path, record in found:
+        assert path.stem == record["name"]
+        assert "/" not in record["config"]["data"] and "/" not in record["data"]["source"], path  # portable
+
+
+# -- the campaign ---------------------------------------------------------------------------------------------
+
+
+def test_the_plan_covers_every_run_a_chapter_shows():
+    """Each chapter's run_seeds calls name only recipes the plan gives it records of (the rung table and
+    the campaign read the same plan), and every ladder rung names the chapter that runs it."""
+    for chapter in chapters():
+        text = chapter.path.read_text()
+        shown = set(re.findall(r'run_seeds\(\\"([a-z_]+)\\"', text))
+        if chapter.id not in campaign.RECORD_CHAPTERS:
+            continue
+        assert shown <= set(campaign.chapter_recipes(chapter.id)), (chapter.id, shown)
+    for recipe in RECIPES.values():
+        assert recipe.chapter, f"{recipe.name} names no chapter"
+        notebook = ROOT / "notebooks" / f"{recipe.chapter}.ipynb"
+        assert notebook.exists() and f'\\"{recipe.name}\\"' in notebook.read_text(), (recipe.name, recipe.chapter)
+    assert {r.recipe for r in book_runs()} == set(RECIPES)
+
+
+def test_claims_keep_two_processes_off_one_run(tmp_path):
+    planned = PlannedRun("full", "efficientnet_lite0", 0)
+    held = claim(tmp_path, planned)
+    assert held is not None and json.loads(held.read_text())["pid"] == os.getpid()
+    assert claim(tmp_path, planned) is None  # a live process holds it
+    assert claim(tmp_path, PlannedRun("full", "efficientnet_lite0", 1)) is not None  # another run is free
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    held.write_text(json.dumps({**json.loads(held.read_text()), "pid": int(dead.stdout)}))
+    assert claim(tmp_path, planned) is not None  # its process died: taken over
+
+
+def test_the_campaign_trains_what_is_missing_once_and_resumes(tiny_dataset, tmp_path, monkeypatch, capsys):
+    results = tmp_path / "results"
+    monkeypatch.setenv("CIFAR_TL_RESULTS", str(results))
+    planned = [PlannedRun("linear_probe", "simple_cnn", 0), PlannedRun("linear_probe", "simple_cnn", 1)]
+    monkeypatch.setattr(campaign, "book_runs", lambda: planned)
+    small = dict(per_class=5, val_per_class=5, image_size=32, epochs=2)
+    real_make_config = runs_module.make_config
+    monkeypatch.setattr(runs_module, "make_config", lambda *a, **k: real_make_config(*a, **{**k, **small}))
+    calls = []
+    real_train = runs_module.train
+    monkeypatch.setattr(runs_module, "train", lambda *a, **k: calls.append(1) or real_train(*a, **k))
+
+    assert run_campaign(results, data=str(tiny_dataset), max_runs=1, progress=False) == 1
+    saved = list(results.rglob("*.json"))
+    assert len(saved) == 1 and saved[0].parent.name == campaign.machine_slug()
+    assert "1 missing" not in capsys.readouterr().err  # it said 2 were missing before the first
+    assert run_campaign(results, data=str(tiny_dataset), progress=False) == 1  # resumed: only the other one
+    assert run_campaign(results, data=str(tiny_dataset), progress=False) == 0
+    assert len(calls) == 2 and len(list(results.rglob("*.json"))) == 2
+    assert not list(results.rglob("*.claim")) and not list(results.rglob(".tmp-*"))
+    record = json.loads(saved[0].read_text())
+    assert record["config"]["profile"] == "full" and not record["metrics"]["test_limited"]
+
+
+def test_only_whole_full_profile_records_go_into_results(tiny_dataset, tmp_path):
+    smoke = run(_config(tiny_dataset), progress=False)
+    with pytest.raises(UserError, match="not a whole full-profile run"):
+        save_to_results(smoke, tmp_path / "results")
+    assert not (tmp_path / "results").exists()
+
+
+def test_campaign_commands_are_one_train_command_per_missing_run(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "cifar_tl.cli", "campaign", "--commands", "--results", str(tmp_path)],
+                          capture_output=True, text=True, env={**os.environ, "CIFAR_TL_DATA": "cifar10"})
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert len(lines) == len(book_runs())  # an empty results folder misses every run
+    assert all(re.fullmatch(rf"cifar-tl train --recipe \w+ --backbone \w+ --seed \d --profile full --results {tmp_path}",
+                            line) for line in lines)
+
+
+# -- chapters run in notebooks/: paths from the user's folder -------------------------------------------------
+
+
+def test_relative_paths_are_resolved_against_the_folder_the_command_ran_in(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CIFAR_TL_DATA", "../shared/data/x.tar.gz")
+    monkeypatch.setenv("CIFAR_TL_CACHE", "cache")
+    with _kernel_environment():
+        assert os.environ["CIFAR_TL_DATA"] == str(tmp_path / "../shared/data/x.tar.gz")
+        assert os.environ["CIFAR_TL_CACHE"] == str(tmp_path / "cache")
+    assert os.environ["CIFAR_TL_DATA"] == "../shared/data/x.tar.gz"  # restored afterwards
+    monkeypatch.setenv("CIFAR_TL_DATA", "cifar10")
+    with _kernel_environment(render_only=True):
+        assert os.environ["CIFAR_TL_DATA"] == "cifar10" and os.environ["CIFAR_TL_RENDER_ONLY"] == "1"
+    assert "CIFAR_TL_RENDER_ONLY" not in os.environ
