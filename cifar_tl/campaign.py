@@ -112,13 +112,14 @@ def campaign_status(data: str | None = None) -> Status:
     from .runs import committed_records, reference_record, stale_reason
 
     done, missing = {}, []
+    committed = committed_records()
     for run in book_runs():
-        record = reference_record(_config(run, data, precision="fp32", device="cpu"))
+        record = reference_record(_config(run, data, precision="fp32", device="cpu"), committed)
         if record is not None and whole(record):
             done[run] = record
         else:
             missing.append(run)
-    stale = [(str(path), why) for path, record in committed_records() if (why := stale_reason(record))]
+    stale = [(str(path), why) for path, record in committed if (why := stale_reason(record))]
     return Status(done, missing, stale)
 
 

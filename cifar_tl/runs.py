@@ -11,6 +11,7 @@ matches recipes.py is stale (`stale_reason`), and nothing presents it as current
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -255,7 +256,7 @@ def _find_record(name: str, ident: dict) -> dict | None:
     return None
 
 
-def reference_record(config: RunConfig) -> dict | None:
+def reference_record(config: RunConfig, records: list[tuple[Path, dict]] | None = None) -> dict | None:
     """The committed record that stands for `config` when the book is rendered without training.
 
     Matches the config in every field but the data's path and the precision (bf16 and fp32 records
@@ -263,9 +264,9 @@ def reference_record(config: RunConfig) -> dict | None:
     `config.data` is at hand. Among several, the most recent.
     """
     wanted = {k: v for k, v in config.key().items() if k != "precision"}
-    checksum = source_checksum(config.data) if _source_at_hand(config.data) else None
+    checksum = _checksum_if_at_hand(config.data)
     matches = []
-    for _, record in committed_records():
+    for _, record in committed_records() if records is None else records:
         key = {k: v for k, v in record["identity"]["config"].items() if k != "precision"}
         if key != wanted or stale_reason(record) is not None:
             continue
@@ -275,8 +276,18 @@ def reference_record(config: RunConfig) -> dict | None:
     return max(matches, key=lambda r: r.get("created", ""), default=None)
 
 
-def _source_at_hand(source: str) -> bool:
-    return Path(source).exists()
+@functools.lru_cache(maxsize=8)
+def _checksum_at(source: str, size: int, mtime_ns: int) -> str:
+    return source_checksum(source)
+
+
+def _checksum_if_at_hand(source: str) -> str | None:
+    """The checksum of a data path that exists here (cached while the file is unchanged), else None."""
+    path = Path(source)
+    if not path.exists():
+        return None
+    stat = path.stat()
+    return _checksum_at(source, stat.st_size, stat.st_mtime_ns) if path.is_file() else source_checksum(source)
 
 
 def render_only() -> bool:

@@ -248,3 +248,15 @@ def test_relative_paths_are_resolved_against_the_folder_the_command_ran_in(tmp_p
     with _kernel_environment(render_only=True):
         assert os.environ["CIFAR_TL_DATA"] == "cifar10" and os.environ["CIFAR_TL_RENDER_ONLY"] == "1"
     assert "CIFAR_TL_RENDER_ONLY" not in os.environ
+
+
+def test_the_readme_states_the_records_numbers():
+    """The README's accuracies are the committed records' (mean ± std over the book's subsets), not typed."""
+    from cifar_tl.stats import accuracies, fmt_mean_std
+
+    shown = campaign.campaign_status().done
+    readme = (ROOT / "README.md").read_text()
+    stated = re.findall(r"\*\*(\d+\.\d ± \d+\.\d% \(n=\d+\))\*\*", readme)
+    expected = [fmt_mean_std(accuracies([r for p, r in shown.items() if p.recipe == name]))
+                for name in ("full", "linear_probe")]
+    assert stated == expected
