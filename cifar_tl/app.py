@@ -73,31 +73,51 @@ def _synthetic_examples(count: int = 4) -> list[tuple[str, np.ndarray]]:
     return scenes
 
 
-def _dataset_examples(source: str) -> list[tuple[str, np.ndarray]]:
-    """One test image per class (at most MAX_EXAMPLES) from the dataset `source`."""
-    from .data import load_dataset
+def trained_on(dataset, infos: list[dict]) -> bool:
+    """Whether `dataset` is the data the checkpoints were trained on: every checkpoint's classes, in the same
+    order (so that a test image's true label means the same to every model), and one checkpoint's data, by
+    checksum or by name (a checkpoint saved before checksums were recorded names its data only)."""
+    if any(list(info["classes"]) != list(dataset.classes) for info in infos):
+        return False
+    checksum, name = dataset.identity.get("checksum"), dataset.identity.get("name")
+    for info in infos:
+        summary = info.get("record") or {}
+        if (checksum and summary.get("data_checksum") == checksum) or (name and summary.get("data_name") == name):
+            return True
+    return False
 
-    dataset = load_dataset(source, progress=False)
+
+def example_images(infos: list[dict], data: str | None = None) -> tuple[list[tuple[str, np.ndarray]], str | None]:
+    """One test image per class (at most MAX_EXAMPLES), captioned with its true label, from the data the
+    checkpoints were trained on, and that data's name. The data resolves as everywhere in cifar_tl: `data`,
+    else $CIFAR_TL_DATA, else CIFAR-10 through torchvision. Where it cannot be loaded, or is other data
+    than the checkpoints', drawn shapes and None (with one line on stderr saying why)."""
+    from .data import load_dataset, resolve_source
+
+    source = resolve_source(data)
+    try:
+        dataset = load_dataset(source, progress=False)
+    except UserError as exc:
+        print(f"cifar-tl: the app's examples are drawn shapes: the checkpoints' data is not at hand ({exc})",
+              file=sys.stderr)
+        return _synthetic_examples(), None
+    if not trained_on(dataset, infos):
+        trained = sorted({str((info.get("record") or {}).get("data_name")) for info in infos})
+        print(f"cifar-tl: the app's examples are drawn shapes: {dataset.name} ({source}) is not the data the "
+              f"checkpoints were trained on ({', '.join(trained)}); set CIFAR_TL_DATA to that data", file=sys.stderr)
+        return _synthetic_examples(), None
     examples = []
     for c, name in enumerate(dataset.classes[:MAX_EXAMPLES]):
         where = np.flatnonzero(dataset.test_labels == c)
         if len(where):
             examples.append((name, dataset.test_images[where[0]]))
-    return examples
+    return examples, dataset.name
 
 
-def write_examples(folder: Path) -> tuple[list[str], list[str]]:
-    """Write example images into `folder`: from the test split of $CIFAR_TL_DATA if it is set, else
-    drawn. Small ones are enlarged to 128x128 for display. Returns (paths, captions)."""
-    source = os.environ.get("CIFAR_TL_DATA")
-    examples = []
-    if source:
-        try:
-            examples = _dataset_examples(source)
-        except UserError as exc:
-            print(f"cifar-tl: no examples from CIFAR_TL_DATA ({exc}); drawing some instead", file=sys.stderr)
-    examples = examples or _synthetic_examples()
-    paths, captions = [], []
+def write_examples(folder: Path, examples: list[tuple[str, np.ndarray]]) -> list[str]:
+    """Write the (caption, uint8 image) examples into `folder` as PNG files; small ones are enlarged to
+    128x128 for display. Returns their paths."""
+    paths = []
     for i, (caption, pixels) in enumerate(examples):
         image = Image.fromarray(pixels)
         if max(image.size) < EXAMPLE_DISPLAY_SIZE:
@@ -107,8 +127,7 @@ def write_examples(folder: Path) -> tuple[list[str], list[str]]:
         path = folder / f"{i:02d}-{safe}.png"
         image.save(path)
         paths.append(str(path))
-        captions.append(caption)
-    return paths, captions
+    return paths
 
 
 def _benchmark_rows(models: list[tuple]) -> list[list]:
@@ -139,7 +158,15 @@ def build_app(checkpoint_dir: str | os.PathLike):
 
     example_dir = Path(tempfile.mkdtemp(prefix="cifar-tl-app-"))
     atexit.register(shutil.rmtree, example_dir, True)
-    example_paths, example_captions = write_examples(example_dir)
+    examples, examples_from = example_images([info for _, info in models])
+    example_paths = write_examples(example_dir, examples)
+    example_captions = [caption for caption, _ in examples]
+    if examples_from:
+        examples_label = f"Test images of {examples_from}, one per class, click one. True labels: "
+    else:
+        examples_label = ("Drawn shapes (the data the checkpoints were trained on is not at hand: set CIFAR_TL_DATA "
+                          "to it for real test images), click one: ")
+    examples_label += ", ".join(example_captions)
 
     def classify(image):
         if image is None:
@@ -166,8 +193,9 @@ def build_app(checkpoint_dir: str | os.PathLike):
                 image = gr.Image(type="numpy", image_mode="RGB", sources=["upload", "clipboard"], format="png",
                                  label="Image", height=260, elem_id="input-image")
                 button = gr.Button("Classify with every model", variant="primary", elem_id="classify")
-                gr.Examples(examples=[[p] for p in example_paths], inputs=image,
-                            label=f"Examples, click one: {', '.join(example_captions)}", elem_id="examples")
+                truth = gr.Markdown("", elem_id="true-label")
+                shown = gr.Examples(examples=[[p] for p in example_paths], inputs=image, label=examples_label,
+                                    elem_id="examples")
             with gr.Column(scale=2):
                 with gr.Row():
                     labels = [
@@ -179,6 +207,16 @@ def build_app(checkpoint_dir: str | os.PathLike):
         gr.Dataframe(value=_benchmark_rows(models), headers=BENCHMARK_HEADERS, interactive=False,
                      elem_id="benchmark")
         button.click(classify, inputs=image, outputs=labels, api_name="classify")
+
+        def true_label(event) -> str:
+            caption = example_captions[event.index]
+            return f"**True label:** {caption}" if examples_from else f"**Example:** {caption} (a drawn shape)"
+
+        # Gradio passes the clicked example's index to a parameter typed gr.SelectData; set as an object, since
+        # this module's annotations are strings and `gr` is not a module-level name that Gradio could resolve.
+        true_label.__annotations__["event"] = gr.SelectData
+        shown.dataset.select(true_label, inputs=None, outputs=truth)
+        image.upload(lambda: "", inputs=None, outputs=truth)  # the user's own image: no label is known
     demo.example_dir = example_dir
     return demo
 

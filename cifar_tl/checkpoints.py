@@ -52,6 +52,7 @@ def save_checkpoint(path: str | os.PathLike, model: Classifier, classes, image_s
             "test_accuracy": metrics.get("test_accuracy"),
             "test_images": metrics.get("test_images"),
             "data_name": data.get("name"),
+            "data_checksum": data.get("checksum"),
         },
     }
     path = Path(path)

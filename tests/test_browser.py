@@ -145,8 +145,10 @@ def test_app_classifies_an_example_with_every_model(browser, app_url, checkpoint
     examples = page.locator("#examples").get_by_role("button")
     expect(examples.first).to_be_visible(timeout=60_000)
     assert examples.count() == min(len(classes), MAX_EXAMPLES)  # one example per class of the test split
-    examples.first.click()
+    expect(page.locator("#examples")).to_contain_text("Test images of CIFAR-10")  # the checkpoints' data
+    examples.nth(1).click()
     expect(page.locator("#input-image img").first).to_be_visible(timeout=30_000)
+    expect(page.locator("#true-label")).to_contain_text(f"True label: {classes[1]}")
     page.get_by_role("button", name="Classify with every model").click()
 
     for i, info in enumerate(infos):

@@ -32,7 +32,7 @@ def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 
 def fake_record(data_name: str = "tiny") -> dict:
     return {"name": "a-run", "metrics": {"test_accuracy": 0.5, "test_images": 30},
-            "data": {"name": data_name, "image_shape": [32, 32, 3]}}
+            "data": {"name": data_name, "checksum": "sha256:0123", "image_shape": [32, 32, 3]}}
 
 
 @pytest.mark.parametrize("backbone", ["simple_cnn", "efficientnet_lite0"])
@@ -55,7 +55,8 @@ def test_save_and_load_give_identical_logits(tmp_path, backbone):
     assert info["format"] == FORMAT and info["version"] == 1
     assert info["backbone"] == backbone and info["classes"] == TINY_CLASSES and info["image_size"] == 32
     assert info["mean"] == list(model.mean) and info["std"] == list(model.std)
-    assert info["record"] == {"name": "a-run", "test_accuracy": 0.5, "test_images": 30, "data_name": "tiny"}
+    assert info["record"] == {"name": "a-run", "test_accuracy": 0.5, "test_images": 30, "data_name": "tiny",
+                              "data_checksum": "sha256:0123"}
     assert info["parameters"] == sum(p.numel() for p in model.parameters())
     assert info["file_bytes"] == path.stat().st_size
 
@@ -90,6 +91,8 @@ def test_train_saves_a_checkpoint_with_its_record(trained):
     assert info["record"]["name"] == record["name"]
     assert info["record"]["test_accuracy"] == record["metrics"]["test_accuracy"]
     assert info["record"]["test_images"] == record["metrics"]["test_images"] == 30
+    assert info["record"]["data_name"] == record["data"]["name"]
+    assert info["record"]["data_checksum"] == record["data"]["checksum"]  # the app finds its examples by it
 
 
 @pytest.fixture
