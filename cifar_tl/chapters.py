@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,11 +163,12 @@ def run_chapter(chapter: Chapter, out_dir: Path, parameters: dict, progress: boo
         parameters["data"] = str(Path(parameters["data"]).expanduser().absolute())  # the kernel runs elsewhere
     out_dir.mkdir(parents=True, exist_ok=True)
     out = out_dir / chapter.path.name
-    with atomic_path(out) as tmp, _kernel_environment(render_only):
+    with atomic_path(out) as tmp, _kernel_environment(render_only), tempfile.TemporaryDirectory() as sockets:
         try:
             papermill.execute_notebook(
                 str(chapter.path), str(tmp), parameters=parameters, kernel_name="python3",
                 cwd=str(chapter.path.parent), progress_bar=progress, log_output=False,
+                kernel_manager_class=_local_kernel_manager(Path(sockets)),
             )
         except PapermillExecutionError as exc:
             raise UserError(
@@ -174,6 +176,18 @@ def run_chapter(chapter: Chapter, out_dir: Path, parameters: dict, progress: boo
             ) from exc
         _hide_injected_parameters(tmp)
     return out
+
+
+def _local_kernel_manager(folder: Path):
+    """A kernel manager that talks to its kernel over Unix sockets in `folder` (IPC), not over TCP: nothing
+    leaves the machine, and the kernel has no reason to warn about unencrypted TCP on every chapter."""
+    from jupyter_client.manager import KernelManager
+
+    class LocalKernelManager(KernelManager):
+        def __init__(self, **kwargs):
+            super().__init__(transport="ipc", ip=str(folder / "kernel"), **kwargs)
+
+    return LocalKernelManager
 
 
 def _hide_injected_parameters(path: Path) -> None:
@@ -213,17 +227,17 @@ def chapter_profiles(chapter_ids: list[str]) -> tuple[dict[str, str], dict[str, 
 
 
 def build_book(profile: str | None = None, progress: bool = True, root: Path = ROOT,
-               reuse: Path | None = None) -> Path:
+               reuse: Path | None = None, build: Path | None = None) -> Path:
     """Execute every chapter into a staging copy of the book, then build HTML into `_build/html`.
 
     `profile` None builds the published book: each chapter from its committed records where they are
     all there, else in the smoke profile (see `chapter_profiles`). "smoke" or "full" builds every
     chapter in that profile; "full" renders from records only and fails on a missing one. `reuse`: a
     folder of chapters already executed in the smoke profile (by an earlier build), copied instead
-    of executed again. Jupyter Book renders the executed notebooks as they are (`execute_notebooks:
+    of executed again. `build`: the output folder (default `_build` in the checkout). Jupyter Book renders the executed notebooks as they are (`execute_notebooks:
     off`), with Sphinx warnings as errors, so a failed chapter or a broken reference fails the build.
     """
-    build = root / "_build"
+    build = Path(build) if build is not None else root / "_build"
     staging = build / "source"
     if staging.exists():
         shutil.rmtree(staging)

@@ -137,6 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
     book = commands.add_parser("book", help="execute every chapter and build the website into _build/html")
     book.add_argument("--profile", help=f"build every chapter in one profile: {', '.join(PROFILES)} (default: each "
                       "chapter from its committed full-profile records, smoke where they are missing)")
+    book.add_argument("--build-dir", metavar="DIR", help="output folder (default: _build in the checkout)")
+    book.add_argument("--reuse-smoke", metavar="DIR",
+                      help="copy chapters to be built in the smoke profile from DIR (executed earlier) instead of "
+                           "executing them again")
     return parser
 
 
@@ -296,7 +300,11 @@ def _book(args) -> None:
         print("cifar-tl: building the published book: each chapter from its committed full-profile records in "
               "results/, or in the smoke profile where they are not all there yet", file=sys.stderr)
     started = time.perf_counter()
-    html = build_book(args.profile)
+    for folder in (args.reuse_smoke,):
+        if folder and not Path(folder).is_dir():
+            raise UserError(f"--reuse-smoke {folder!r} is not a folder of executed chapters")
+    html = build_book(args.profile, reuse=Path(args.reuse_smoke) if args.reuse_smoke else None,
+                      build=Path(args.build_dir).absolute() if args.build_dir else None)
     print(f"cifar-tl: built {html / 'index.html'} in {time.perf_counter() - started:.0f} s", file=sys.stderr)
 
 

@@ -6,16 +6,23 @@ import json
 from pathlib import Path
 
 
+# Speed measurements (`cifar-tl bench --out results/<machine>/bench/…`) sit beside a machine's records.
+BENCH_FOLDER = "bench"
+
+
 def read_records(folder) -> tuple[list[dict], list[str]]:
     """Every run record (JSON) under `folder`, recursively, and the names of files that are not records.
 
     A missing folder gives no records. A record is a JSON object with config, metrics and machine.
+    Files in `bench/` folders (speed measurements, not runs) are neither.
     """
     folder = Path(folder)
     records, skipped = [], []
     if not folder.is_dir():
         return records, skipped
     for path in sorted(folder.rglob("*.json")):
+        if BENCH_FOLDER in path.relative_to(folder).parts[:-1]:
+            continue
         try:
             record = json.loads(path.read_text())
         except (OSError, ValueError):
@@ -29,9 +36,13 @@ def read_records(folder) -> tuple[list[dict], list[str]]:
 
 
 def machine_name(record: dict) -> str:
-    """The GPU a record ran on, else its CPU and how many cores it had."""
+    """The GPU a record ran on, else its CPU, how many cores it had and its vector ISA when recorded
+    (two CPUs of one name can differ in AVX-512, which decides bf16 and speed); and the precision."""
     machine = record.get("machine") or {}
+    precision = (record.get("timing") or {}).get("precision") or (record.get("config") or {}).get("precision")
+    suffix = f", {precision}" if precision else ""
     if machine.get("gpu"):
-        return machine["gpu"]
-    cores = f" ({machine['cpu_count']} cores)" if machine.get("cpu_count") else ""
-    return f"{machine.get('cpu') or '?'}{cores}"
+        return machine["gpu"] + suffix
+    details = [f"{machine['cpu_count']} cores"] if machine.get("cpu_count") else []
+    details += [machine["cpu_capability"]] if machine.get("cpu_capability") else []
+    return f"{machine.get('cpu') or '?'}{' (' + ', '.join(details) + ')' if details else ''}{suffix}"

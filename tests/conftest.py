@@ -177,3 +177,18 @@ def built_book() -> Path:
     print(f"\nsmoke book built in {time.perf_counter() - started:.0f} s")
     assert done.returncode == 0, done.stderr[-3000:]
     return Path(__file__).resolve().parents[1] / "_build"
+
+
+@pytest.fixture(scope="session")
+def published_book(built_book, tmp_path_factory) -> tuple[Path, str]:
+    """`cifar-tl book` as the README's main command runs it: each chapter from its committed records, the
+    rest in the smoke profile (copied from the smoke build rather than executed twice). Returns the build
+    folder and what the build printed."""
+    build = tmp_path_factory.mktemp("published")
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "cifar_tl.cli", "book", "--build-dir", str(build), "--reuse-smoke",
+                           str(built_book / "source" / "notebooks")],
+                          capture_output=True, text=True, timeout=1500, env=os.environ.copy())
+    print(f"\npublished book built in {time.perf_counter() - started:.0f} s")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return build, done.stderr

@@ -63,3 +63,29 @@ def test_a_failing_chapter_fails_the_build_and_names_itself(tmp_path):
         build_book("smoke", progress=False, root=tmp_path)
     assert not (tmp_path / "_build" / "html").exists()
     assert not (tmp_path / "_build" / "source" / "notebooks" / "02-scratch.ipynb").exists()
+
+
+def test_the_published_book_renders_complete_chapters_from_records(published_book):
+    """A chapter whose full-profile records are all committed shows them (n=3, no smoke warning) and trained
+    nothing; a chapter still missing records is built in the smoke profile, says so, and the build names it."""
+    from cifar_tl.campaign import RECORD_CHAPTERS
+    from cifar_tl.chapters import chapter_profiles
+
+    build, log = published_book
+    profiles, lacking = chapter_profiles([c.id for c in chapters()])
+    assert set(profiles) == {c.id for c in chapters()}
+    for chapter, profile in profiles.items():
+        page = (build / "html" / "notebooks" / f"{chapter}.html").read_text()
+        executed = build / "source" / "notebooks" / f"{chapter}.ipynb"
+        text = "\n".join(_text(o) for o in _outputs(executed))
+        if profile == "full":
+            assert chapter in RECORD_CHAPTERS
+            assert "not meaningful" not in page, chapter
+            assert "Profile:** `full`" in text and "JPEG q75" in page, chapter
+            if chapter != "01-data":
+                assert "(n=3)" in page, chapter
+            assert "executing " + chapter + " (from its committed records)" in log
+        else:
+            assert "not meaningful" in page, chapter
+            assert f"{chapter}: " in log and chapter in lacking
+    assert profiles["03-linear-probe"] == "full" or "scratch" in " ".join(lacking["03-linear-probe"])
