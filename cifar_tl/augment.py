@@ -44,12 +44,23 @@ def random_crop_flip(
 
     Outside the image, the border pixels repeat (as a padded random crop would with edge padding).
     """
+    x = _crop_flip(batch_uint8, size, generator, scale, max_shift, flip)
+    return _normalise(x, mean, std)
+
+
+def _uniform(n: int, lo: float, hi: float, generator: torch.Generator | None, device) -> torch.Tensor:
+    """n draws from U(lo, hi), made on the CPU (so a seeded generator gives the same on every device)."""
+    return torch.rand(n, generator=generator, device="cpu").mul(hi - lo).add(lo).to(device)
+
+
+def _crop_flip(batch_uint8, size, generator, scale=(0.7, 1.0), max_shift=0.125, flip=True) -> torch.Tensor:
+    """`random_crop_flip` before normalisation: float NCHW in [0, 1]."""
     x = to_float_nchw(batch_uint8)
     n = x.shape[0]
     dev = x.device
 
     def uniform(lo, hi):
-        return torch.rand(n, generator=generator, device="cpu").mul(hi - lo).add(lo).to(dev)
+        return _uniform(n, lo, hi, generator, dev)
 
     zoom = uniform(*scale)  # fraction of the side that the crop covers
     room = (1 - zoom) + 2 * max_shift  # how far the centre may move, in normalised [-1, 1] units / 2
@@ -61,8 +72,64 @@ def random_crop_flip(
     theta[:, 0, 2] = tx
     theta[:, 1, 2] = ty
     grid = F.affine_grid(theta, (n, 3, size, size), align_corners=False)
-    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+# -- strong augmentation: crop/flip, colour jitter and cutout on whole batches ---------------------------------
+
+
+def _grey(x: torch.Tensor) -> torch.Tensor:
+    """Luma (ITU-R 601) of float NCHW RGB images: (N, 1, H, W)."""
+    return 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
+
+
+def colour_jitter(x: torch.Tensor, generator: torch.Generator | None = None, brightness: float = 0.4,
+                  contrast: float = 0.4, saturation: float = 0.4) -> torch.Tensor:
+    """Scale each image's brightness, contrast and saturation by its own factor in [1 - s, 1 + s].
+
+    `x` is float NCHW in [0, 1]; so is the result (clamped).
+    """
+    n = x.shape[0]
+
+    def factor(strength):
+        return _uniform(n, 1 - strength, 1 + strength, generator, x.device).view(n, 1, 1, 1)
+
+    b, c, s = factor(brightness), factor(contrast), factor(saturation)
+    x = (x * b).clamp(0, 1)
+    mean = _grey(x).mean(dim=(2, 3), keepdim=True)
+    x = ((x - mean) * c + mean).clamp(0, 1)
+    grey = _grey(x)
+    return ((x - grey) * s + grey).clamp(0, 1)
+
+
+def cutout(x: torch.Tensor, generator: torch.Generator | None = None, fraction: float = 0.5,
+           fill: float = 0.5) -> torch.Tensor:
+    """Paint a square of `fraction` of the side in grey (`fill`) into every image, centred at random
+    (clipped at the border, so near an edge less is hidden). `x` is float NCHW in [0, 1]."""
+    n, _, h, w = x.shape
+    side_h, side_w = max(1, round(h * fraction)), max(1, round(w * fraction))
+    top = (_uniform(n, 0, h, generator, x.device).floor() - side_h // 2).view(n, 1, 1)
+    left = (_uniform(n, 0, w, generator, x.device).floor() - side_w // 2).view(n, 1, 1)
+    rows = torch.arange(h, device=x.device, dtype=x.dtype).view(1, h, 1)
+    cols = torch.arange(w, device=x.device, dtype=x.dtype).view(1, 1, w)
+    inside = (rows >= top) & (rows < top + side_h) & (cols >= left) & (cols < left + side_w)
+    return x.masked_fill(inside.unsqueeze(1), fill)
+
+
+def strong_augment(batch_uint8: torch.Tensor, size: int, mean, std, generator: torch.Generator | None = None
+                   ) -> torch.Tensor:
+    """The student's augmentation in self-training: a random crop and flip (as `random_crop_flip`),
+    then colour jitter (brightness, contrast, saturation ±40%), then cutout of a square half the
+    side; one pass over the whole batch on its device. uint8 (N, H, W, 3) in, normalised float
+    (N, 3, size, size) out."""
+    x = _crop_flip(batch_uint8, size, generator)
+    x = colour_jitter(x, generator)
+    x = cutout(x, generator)
     return _normalise(x, mean, std)
+
+
+# The recipes' augmentations ("none" aside): name -> f(batch_uint8, size, mean, std, generator).
+AUGMENTERS = {"crop_flip": random_crop_flip, "strong": strong_augment}
 
 
 # -- mixing: MixUp and CutMix, on whole batches ------------------------------------------------------------

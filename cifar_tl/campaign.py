@@ -30,8 +30,10 @@ RECIPE_BACKBONE = {"scratch": "simple_cnn"}
 _CHAPTER_EXTRAS: dict[str, tuple[str, ...]] = {
     "03-linear-probe": ("scratch",),
     "04-naive-finetune": ("linear_probe",),
-    "12-full-recipe": (*(r.name for r in RECIPES.values() if r.builds_on or r.name == "finetune_naive"),
+    "12-full-recipe": (*(r.name for r in RECIPES.values()
+                         if (r.builds_on or r.name == "finetune_naive") and r.self_training is None),
                        "linear_probe"),
+    "13-unlabelled": ("full",),  # the labels-only recipe the self-training recipe is paired against
     "a2-cost": ("scratch", "linear_probe", "finetune_naive"),
 }
 # Chapters the published book renders from records: those that show runs, and chapter 1, which shows the

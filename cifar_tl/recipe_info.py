@@ -28,6 +28,13 @@ def _flat_settings(recipe) -> dict[str, str]:
     for key, value in recipe.as_dict().items():
         if key in ("name", "description", "stages", "builds_on", "chapter"):  # what it is, not how it trains
             continue
+        if key == "self_training":  # the student's settings one by one, its stages in one line each
+            for name, setting in value.items():
+                if name != "stages":
+                    settings[f"self-training · {name}"] = "–" if setting is None else str(setting)
+            for i, stage in enumerate(value["stages"], 1):
+                settings[f"self-training · student stage {i}"] = _stage_summary(stage)
+            continue
         settings[key] = "–" if value is None else str(value)
     settings["stages"] = str(len(recipe.stages))
     for i, stage in enumerate(recipe.as_dict()["stages"], 1):

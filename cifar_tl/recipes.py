@@ -14,7 +14,8 @@ from .errors import UserError
 SCHEDULES = ("constant", "cosine")
 OPTIMIZERS = ("adamw", "sgd")
 BN_MODES = ("train", "eval")
-AUGMENTATIONS = ("none", "crop_flip")
+AUGMENTATIONS = ("none", "crop_flip", "strong")  # "strong": crop/flip, colour jitter and cutout (augment.py)
+STUDENT_INITS = ("pretrained", "teacher")
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,51 @@ class Stage:
 
 
 @dataclass(frozen=True)
+class SelfTraining:
+    """Self-training on the unlabelled pool (the training split outside the labelled subset and the
+    validation split), after the recipe's own stages have trained the first teacher.
+
+    Each round the teacher predicts `pool_images` pool images (drawn once with the run's seed; None: all)
+    with the test-time views `teacher_tta`; of the images it gives each class, the `per_class` most
+    confident whose confidence reaches `threshold` keep that class as their pseudo-label (None: every one
+    above the threshold). A student (`init`: fresh from the backbone's ImageNet weights, or a copy of the
+    teacher) then trains through `stages` on the labelled images repeated `labelled_repeats` times plus
+    the pseudo-labelled ones, with augmentation `augment` and MixUp/CutMix at these α (the recipe's other
+    settings: weight decay, label smoothing, batch size, EMA, test-time views, stay). The student is the
+    next round's teacher, and the last student is the run's model. Pool labels never reach the training.
+    """
+
+    stages: tuple[Stage, ...]  # the student's
+    rounds: int = 1
+    pool_images: int | None = 10_000
+    per_class: int | None = 500
+    threshold: float = 0.0
+    teacher_tta: str = "flip"
+    labelled_repeats: int = 2
+    augment: str = "strong"
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    init: str = "pretrained"
+
+    def __post_init__(self):
+        if not self.stages:
+            raise ValueError("self-training needs at least one student stage")
+        if self.rounds < 1 or self.labelled_repeats < 0:
+            raise ValueError("self-training needs rounds >= 1 and labelled_repeats >= 0")
+        for name in ("pool_images", "per_class"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"self-training's {name} must be at least 1, or None")
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ValueError("self-training's threshold is a probability, in [0, 1]")
+        if self.teacher_tta not in TTA_MODES:
+            raise ValueError(f"teacher_tta must be one of {TTA_MODES}")
+        if self.augment not in AUGMENTATIONS:
+            raise ValueError(f"augment must be one of {AUGMENTATIONS}")
+        if self.init not in STUDENT_INITS:
+            raise ValueError(f"init must be one of {STUDENT_INITS}")
+
+
+@dataclass(frozen=True)
 class Recipe:
     name: str
     description: str
@@ -63,6 +109,7 @@ class Recipe:
     image_size: int | None = None  # a fixed input size (the from-scratch CNN); None: the profile's
     builds_on: str | None = None  # the recipe this one changes (the technique chapters' ladder)
     chapter: str | None = None  # the chapter (notebook id) that introduces this recipe
+    self_training: SelfTraining | None = None  # then train students on the unlabelled pool too
 
     def __post_init__(self):
         if self.augment not in AUGMENTATIONS:
@@ -71,7 +118,15 @@ class Recipe:
             raise ValueError(f"tta must be one of {TTA_MODES}")
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        """The recipe as a dict. `self_training` appears only when the recipe has it (its stages as a
+        list, as JSON reads them back): a recipe without it has the same dict, and so the same
+        definition and record identity, as before the field existed."""
+        d = asdict(self)
+        if d["self_training"] is None:
+            del d["self_training"]
+        else:
+            d["self_training"]["stages"] = list(d["self_training"]["stages"])
+        return d
 
 
 def _step(base: Recipe, name: str, chapter: str, description: str, **changes) -> Recipe:
@@ -126,6 +181,25 @@ def _ladder() -> list[Recipe]:
     return [naive, cosine, discriminative, gradual, lpft, bn_frozen, crop_flip, mix, regularised, full]
 
 
+def _self_training(teacher: Recipe) -> Recipe:
+    """Chapter 13: the best labels-only recipe as the teacher, then one round of self-training on the pool."""
+    student = SelfTraining(
+        stages=(Stage(epochs=20, lr=1e-3, train="head", schedule="cosine", augment=False),
+                Stage(epochs=6, lr=3e-4, train="all", lr_decay=0.7, schedule="cosine", warmup_epochs=0.5,
+                      trainable_bn="eval")),
+        rounds=1, pool_images=10_000, per_class=500, threshold=0.0, teacher_tta="flip", labelled_repeats=2,
+        augment="strong",
+    )
+    return _step(
+        teacher, "self_training", "13-unlabelled",
+        f"{teacher.name} as the teacher labels 10,000 unlabelled images (with flips) and keeps the 500 most confident "
+        "per class; a new student from the ImageNet weights learns from the labelled images twice plus those "
+        "pseudo-labels with strong augmentation (crop/flip, colour jitter, cutout): the head for 20 epochs, then "
+        "everything for 6; one round",
+        self_training=student,
+    )
+
+
 RECIPES: dict[str, Recipe] = {
     r.name: r
     for r in [
@@ -146,6 +220,7 @@ RECIPES: dict[str, Recipe] = {
             chapter="03-linear-probe",
         ),
         *_ladder(),
+        _self_training(next(r for r in _ladder() if r.name == "full")),
     ]
 }
 
@@ -159,6 +234,7 @@ class Profile:
     test_limit: int | None
     max_epochs: int | None  # a cap on each stage's epochs; None keeps the recipe's
     meaningful: bool
+    pool_limit: int | None = None  # a cap on the unlabelled images of self-training; None keeps the recipe's
 
 
 PROFILES: dict[str, Profile] = {
@@ -166,8 +242,9 @@ PROFILES: dict[str, Profile] = {
     for p in [
         Profile(
             "smoke",
-            "proves the code runs: 32x32 input, at most 2 epochs a stage, 2 subsets, 500 test images",
-            image_size=32, seeds=(0, 1), test_limit=500, max_epochs=2, meaningful=False,
+            "proves the code runs: 32x32 input, at most 2 epochs a stage, 2 subsets, 500 test images, "
+            "at most 500 unlabelled images",
+            image_size=32, seeds=(0, 1), test_limit=500, max_epochs=2, meaningful=False, pool_limit=500,
         ),
         Profile(
             "full",
@@ -190,8 +267,8 @@ def get_profile(name: str) -> Profile:
     return PROFILES[name]
 
 
-def scaled_stages(recipe: Recipe, max_epochs: int | None, epochs: int | None) -> tuple[Stage, ...]:
-    """The recipe's stages with `epochs` (if given) replacing every stage's epochs, then capped."""
+def scaled_stages(recipe: Recipe | SelfTraining, max_epochs: int | None, epochs: int | None) -> tuple[Stage, ...]:
+    """The recipe's (or the student's) stages with `epochs` (if given) replacing every stage's epochs, then capped."""
     stages = []
     for stage in recipe.stages:
         n = epochs if epochs is not None else stage.epochs
@@ -200,3 +277,16 @@ def scaled_stages(recipe: Recipe, max_epochs: int | None, epochs: int | None) ->
         stages.append(replace(stage, epochs=n))
     return tuple(stages)
 
+
+
+def as_run(recipe: Recipe, profile: Profile, epochs: int | None = None) -> Recipe:
+    """`recipe` as `profile` runs it: every stage (the students' too) through `scaled_stages`, and the
+    unlabelled images a self-training recipe uses capped by the profile's `pool_limit`."""
+    stages = scaled_stages(recipe, profile.max_epochs, epochs)
+    student = recipe.self_training
+    if student is not None:
+        pool = student.pool_images
+        if profile.pool_limit is not None:
+            pool = profile.pool_limit if pool is None else min(pool, profile.pool_limit)
+        student = replace(student, stages=scaled_stages(student, profile.max_epochs, epochs), pool_images=pool)
+    return replace(recipe, stages=stages, self_training=student)

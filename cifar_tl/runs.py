@@ -31,13 +31,13 @@ from .data import (balanced_subset, capped_test, indices_hash, load_dataset, por
                    source_checksum)
 from .errors import UserError
 from .files import atomic_path, cache_dir, sha256_json, write_json
-from .recipes import RECIPES, get_profile, get_recipe, scaled_stages
+from .recipes import RECIPES, Recipe, as_run, get_profile, get_recipe
 from .train import (classification_metrics, compute_outputs, eval_batch_size, pick_device, resolve_precision,
                     train)
 
 # The modules whose code decides a result; their hash is stored in every record (`code_version`) to say
 # which code made it, but is not part of its identity: editing them does not retire the records.
-_RESULT_MODULES = ("data.py", "backbones.py", "augment.py", "recipes.py", "train.py", "runs.py")
+_RESULT_MODULES = ("data.py", "backbones.py", "augment.py", "recipes.py", "train.py", "runs.py", "self_training.py")
 # Part of every record's identity. Bump it when an edit changes what a run computes for the same config,
 # recipe, data and weights (a bug fix in the trainer, a new augmentation kernel): every record then
 # becomes stale and the campaign trains them again. Edits that keep results (speed, logging) leave it.
@@ -45,6 +45,9 @@ RESULT_REVISION = 1
 DEFAULT_VAL_PER_CLASS = 50
 # Recipe fields that describe rather than decide: left out of a record's identity.
 _DESCRIPTIVE_FIELDS = ("name", "description", "builds_on", "chapter")
+# Recipe fields added later, left out of the definition while unset: the records of recipes without them keep
+# their identity.
+_OPTIONAL_FIELDS = ("self_training",)
 
 
 def code_version() -> str:
@@ -128,16 +131,23 @@ def make_config(
 
 def recipe_definition(recipe: dict) -> dict:
     """The settings of a recipe (as a dict, stages as run) that decide a result: not its name or prose."""
-    return {k: v for k, v in recipe.items() if k not in _DESCRIPTIVE_FIELDS}
+    return {k: v for k, v in recipe.items()
+            if k not in _DESCRIPTIVE_FIELDS and not (k in _OPTIONAL_FIELDS and v is None)}
+
+
+def run_recipe(config: RunConfig) -> Recipe:
+    """The recipe of `config` as its profile runs it (`recipes.as_run`)."""
+    return as_run(get_recipe(config.recipe), get_profile(config.profile), config.epochs)
 
 
 def run_stages(config: RunConfig):
-    return scaled_stages(get_recipe(config.recipe), get_profile(config.profile).max_epochs, config.epochs)
+    return run_recipe(config).stages
 
 
 def current_recipe(config: RunConfig) -> dict:
     """The recipe of `config` as recipes.py defines it today, with the stages the profile runs."""
-    return {**get_recipe(config.recipe).as_dict(), "stages": [asdict(s) for s in run_stages(config)]}
+    recipe = run_recipe(config)
+    return {**recipe.as_dict(), "stages": [asdict(s) for s in recipe.stages]}
 
 
 def identity(config: RunConfig, data_checksum: str, weights_sha256: str | None) -> dict:
@@ -344,8 +354,8 @@ def run(config: RunConfig, force: bool = False, progress: bool = True, device: s
     elif existing is None and path.exists():
         print(f"cifar-tl: record {path.name} is unreadable or not of this run; running again", file=sys.stderr)
 
-    recipe = get_recipe(config.recipe)
-    stages = run_stages(config)
+    recipe = run_recipe(config)
+    stages = recipe.stages
     train_idx, val_idx = balanced_subset(
         dataset.train_labels, config.per_class, config.val_per_class, config.seed, dataset.classes
     )
@@ -362,6 +372,10 @@ def run(config: RunConfig, force: bool = False, progress: bool = True, device: s
     x_test, y_test = tensors(dataset.test_images, dataset.test_labels, test_idx)
     result = train(model, recipe, stages, x_train, y_train, x_val, y_val, config.image_size, chosen_device,
                    config.seed, progress, config.precision)
+    unlabelled = None
+    if recipe.self_training is not None:  # the model just trained is the first teacher
+        model, result, unlabelled = _self_train(config, recipe, model, result, dataset, train_idx, val_idx,
+                                                (x_train, y_train, x_val, y_val), chosen_device, progress)
 
     eval_started = time.perf_counter()
     batch = eval_batch_size(chosen_device)
@@ -383,7 +397,7 @@ def run(config: RunConfig, force: bool = False, progress: bool = True, device: s
         "code_version": code_version(),
         "identity": ident,
         "config": {**config.as_dict(), "data": portable_source(config.data)},
-        "recipe": {**recipe.as_dict(), "stages": [asdict(s) for s in stages]},
+        "recipe": current_recipe(config),
         "data": {
             **dataset.identity,
             "source": portable_source(config.data),
@@ -424,12 +438,39 @@ def run(config: RunConfig, force: bool = False, progress: bool = True, device: s
         },
         "machine": machine(),
     }
+    if unlabelled is not None:
+        record["self_training"] = unlabelled
     if return_model:
         with atomic_path(weights) as tmp:
             torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
     if force or existing is None:  # a valid record is only replaced with --force
         write_json(path, record)
     return (record, model) if return_model else record
+
+
+def _self_train(config: RunConfig, recipe: Recipe, teacher, teacher_result, dataset, train_idx, val_idx, labelled,
+                device, progress):
+    """Self-training (`recipe.self_training`) from the trained `teacher`: returns the last student, the
+    teacher's and students' training as one result, and the record's `self_training` section.
+
+    The loop gets the pool's images only. The pool's labels are read after it has finished, for the
+    section's `diagnostics` (for the reader: how right the pseudo-labels were), and nowhere else."""
+    from . import self_training
+
+    settings = recipe.self_training
+    pool = self_training.pool_indices(len(dataset.train_images), train_idx, val_idx, settings.pool_images, config.seed)
+
+    def new_student(round_number: int):
+        torch.manual_seed(config.seed + round_number)  # the new head's initial weights
+        return create_model(config.backbone, len(dataset.classes))
+
+    pool_images = torch.from_numpy(dataset.train_images[pool])  # images only: the labels stay behind
+    outcome = self_training.self_train(teacher, new_student, recipe, *labelled, pool_images, config.image_size, device,
+                                       config.seed, progress, config.precision)
+    available = len(dataset.train_images) - len(train_idx) - len(val_idx)
+    section = self_training.accounting(outcome, settings, pool, available, dataset.classes)
+    section["diagnostics"] = self_training.diagnostics(outcome, dataset.train_labels[pool], dataset.classes)
+    return outcome.model, self_training.merged_result(teacher_result, outcome), section
 
 
 def run_seeds(recipe: str, backbone: str, profile: str, seeds=None, force: bool = False, progress: bool = True,

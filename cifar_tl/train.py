@@ -191,8 +191,8 @@ def make_batch(images: torch.Tensor, index: torch.Tensor, model: Classifier, ima
     batch = images[index]
     if batch.ndim == 2:  # cached features: nothing to prepare
         return batch
-    if augmentation == "crop_flip":
-        x = augment.random_crop_flip(batch, image_size, model.mean, model.std, generator)
+    if augmentation in augment.AUGMENTERS:  # "crop_flip", "strong"
+        x = augment.AUGMENTERS[augmentation](batch, image_size, model.mean, model.std, generator)
     else:
         x = augment.prepare(batch, image_size, model.mean, model.std)
     return x.contiguous(memory_format=torch.channels_last)
