@@ -249,6 +249,8 @@ def committed_records() -> list[tuple[Path, dict]]:
     found = []
     for folder in results_dirs():
         for path in sorted(folder.rglob("*.json")):
+            if "bench" in path.relative_to(folder).parts[:-1]:  # speed measurements, not runs
+                continue
             record = read_record(path)
             if isinstance(record, dict) and {"config", "metrics", "identity"} <= record.keys():
                 found.append((path, record))
@@ -473,11 +475,22 @@ def _self_train(config: RunConfig, recipe: Recipe, teacher, teacher_result, data
     return outcome.model, self_training.merged_result(teacher_result, outcome), section
 
 
+# Every record run_seeds has handed out in this process, by name: what a chapter's page shows, so that
+# its header can say which machines, precisions, code versions and dates made its numbers.
+_SHOWN: dict[str, dict] = {}
+
+
+def records_shown() -> list[dict]:
+    return list(_SHOWN.values())
+
+
 def run_seeds(recipe: str, backbone: str, profile: str, seeds=None, force: bool = False, progress: bool = True,
               **config) -> list[dict]:
     """One record per seed (the profile's seeds unless given): the same change over several subsets."""
     seeds = get_profile(profile).seeds if seeds is None else seeds
-    return [
+    records = [
         run(make_config(recipe, backbone, seed=s, profile=profile, **config), force=force, progress=progress)
         for s in seeds
     ]
+    _SHOWN.update((r["name"], r) for r in records)
+    return records

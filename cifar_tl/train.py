@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from . import augment
 from .backbones import Classifier
 from .errors import UserError
+from .metrics import label_metrics
 from .recipes import Recipe, Stage
 
 
@@ -281,15 +282,15 @@ def compute_outputs(model, images, size, batch_size, device, features=False, pro
 
 
 def classification_metrics(logits: torch.Tensor, labels: np.ndarray, n_classes: int) -> dict:
+    """Accuracy, loss, per-class accuracy and the confusion matrix (scikit-learn's), and the predictions."""
     predictions = logits.argmax(1).numpy()
     labels = np.asarray(labels)
-    confusion = np.bincount(labels * n_classes + predictions, minlength=n_classes**2).reshape(n_classes, n_classes)
-    per_class = confusion.diagonal() / np.maximum(confusion.sum(1), 1)
+    counted = label_metrics(labels, predictions, n_classes)
     return {
-        "accuracy": float((predictions == labels).mean()),
+        "accuracy": counted["accuracy"],
         "loss": float(F.cross_entropy(logits, torch.as_tensor(labels)).item()),
-        "per_class_accuracy": per_class.tolist(),
-        "confusion_matrix": confusion.tolist(),
+        "per_class_accuracy": counted["per_class_accuracy"],
+        "confusion_matrix": counted["confusion_matrix"],
         "predictions": predictions.tolist(),
     }
 
