@@ -43,7 +43,7 @@ def library_training(model, images, labels, image_size, batch_size, steps, warmu
                      precision="fp32", net=None):
     """Images/s of the library's step, the fraction of step time outside forward/backward/step, and the
     seconds of the first step (where torch.compile compiles). `net` runs the model (default: `model`)."""
-    net = net or model
+    net = model if net is None else net
     stage = _BENCH_RECIPE.stages[0]
     groups = set_trainable(model, stage)
     optimizer = make_optimizer(model, stage, _BENCH_RECIPE, groups)
