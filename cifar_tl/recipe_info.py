@@ -28,12 +28,15 @@ def _flat_settings(recipe) -> dict[str, str]:
     for key, value in recipe.as_dict().items():
         if key in ("name", "description", "stages", "builds_on", "chapter"):  # what it is, not how it trains
             continue
-        if key == "self_training":  # the student's settings one by one, its stages in one line each
+        if key == "self_training":  # in one line, and setting by setting (the student's stages in one line each)
+            student = [f"student stage {i}: {_stage_summary(stage)}" for i, stage in enumerate(value["stages"], 1)]
+            settings["self-training"] = "; ".join(
+                [f"{name} {setting}" for name, setting in value.items() if name != "stages"] + student)
             for name, setting in value.items():
                 if name != "stages":
                     settings[f"self-training · {name}"] = "–" if setting is None else str(setting)
-            for i, stage in enumerate(value["stages"], 1):
-                settings[f"self-training · student stage {i}"] = _stage_summary(stage)
+            for i, line in enumerate(student, 1):
+                settings[f"self-training · student stage {i}"] = line.split(": ", 1)[1]
             continue
         settings[key] = "–" if value is None else str(value)
     settings["stages"] = str(len(recipe.stages))
@@ -48,11 +51,15 @@ def recipe_diff(base: str, new: str) -> pd.DataFrame:
     """The settings in which recipe `new` differs from recipe `base`, read from recipes.py.
 
     A stage that both recipes have shows the fields that differ; a stage only one has shows in one line.
+    Self-training likewise: setting by setting when both recipes have it, in one line when only one has.
     """
     a, b = _flat_settings(get_recipe(base)), _flat_settings(get_recipe(new))
     shared_stages = min(len(get_recipe(base).stages), len(get_recipe(new).stages))
+    both_self_train = "self-training" in a and "self-training" in b
     rows = []
     for key in dict.fromkeys([*a, *b]):
+        if key.startswith("self-training") and both_self_train == (key == "self-training"):
+            continue  # the one-line summary, or its settings one by one: not both
         is_summary = key.startswith("stage ") and "·" not in key
         if key.startswith("stage ") and int(key.split()[1]) <= shared_stages:
             if is_summary:
