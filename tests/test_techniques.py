@@ -136,5 +136,5 @@ def test_the_ladder_changes_one_thing_at_a_time():
     for a, b in steps:
         before, after = a.name, b.name
         changed = [k for k in ("weight_decay", "label_smoothing", "augment", "mixup_alpha", "cutmix_alpha",
-                               "tta", "ema_decay", "batch_size") if getattr(a, k) != getattr(b, k)]
+                               "tta", "ema_decay", "batch_size", "self_training") if getattr(a, k) != getattr(b, k)]
         assert len(changed) <= 2 and (changed or a.stages != b.stages), (before, after, changed)
