@@ -32,12 +32,6 @@ class ChapterContext:
         """The profile itself: image size, epochs, seeds, test cap, whether its numbers mean anything."""
         return get_profile(self.profile)
 
-    def runs(self, recipe: str, backbone: str | None = None, **config) -> list[dict]:
-        """One run record per seed of this chapter for `recipe` (the chapter's backbone unless given)."""
-        from .runs import run_seeds
-
-        return run_seeds(recipe, backbone or self.backbone, self.profile, self.seeds, data=self.data, **config)
-
 
 def keep_figures() -> str | None:
     """In a Jupyter kernel, show matplotlib figures inline whatever backend the environment chose.
@@ -87,14 +81,16 @@ def setup(profile: str = "auto", seeds=None, backbone: str = "efficientnet_lite0
 
 
 def prose(text: str, **values) -> None:
-    """Display `text` as Markdown, with `{name}` filled in from `values` (str.format; write `{{` for a brace).
+    """Display `text` (dedented) as a Markdown paragraph: an f-string, or a template whose `{name}` fields are
+    filled in from `values` (str.format, only when values are given; then write `{{` for a literal brace).
 
     For the sentences of a chapter that carry numbers a run measured: the notebook computes them, this shows
     them, in the built book as in JupyterLab or Colab.
     """
     from IPython.display import Markdown, display
 
-    display(Markdown(textwrap.dedent(text).strip().format(**values)))
+    text = textwrap.dedent(text).strip()
+    display(Markdown(text.format(**values) if values else text))
 
 
 def bullets(points) -> None:

@@ -239,3 +239,87 @@ def test_website_pages_have_their_figures_and_no_errors(browser, built_html, sit
     assert not problems, "\n".join(problems)
     assert not bad, "\n".join(bad)
     assert not errors, "JavaScript errors:\n" + "\n".join(errors)
+
+
+# The content column of a chapter page at the viewport's width: whether it scrolls sideways, the outermost
+# elements that reach past its right edge (to name them), code blocks that still scroll instead of wrapping,
+# the figures in cell outputs, and the Summary and Exercises sections.
+CHAPTER_LAYOUT_JS = """() => {
+  const column = document.querySelector('.bd-article-container');
+  if (!column) return null;
+  const right = column.getBoundingClientRect().right;
+  const describe = el => `<${el.tagName.toLowerCase()} class="${el.className}"> `
+      + JSON.stringify((el.textContent || '').trim().slice(0, 60));
+  const beyond = el => el.getBoundingClientRect().right > right + 1;
+  const past = Array.from(column.querySelectorAll('*')).filter(el => beyond(el) && !beyond(el.parentElement));
+  const code = Array.from(column.querySelectorAll('pre')).filter(pre => pre.scrollWidth > pre.clientWidth + 1);
+  const section = name => {
+    const heading = Array.from(column.querySelectorAll('section > h2'))
+        .find(h => h.textContent.replace(/#$/, '').trim() === name);
+    if (!heading) return null;
+    const body = heading.parentElement;
+    return {
+      items: Array.from(body.querySelectorAll('li')).filter(li => li.closest('.admonition') === null)
+          .map(li => li.textContent.trim()),
+      dropdowns: Array.from(body.querySelectorAll('.admonition.dropdown, details')).map(box => ({
+        title: (box.querySelector('.admonition-title, summary') || box).textContent.trim(),
+        hidden: Array.from(box.children).filter(child => !child.matches('.admonition-title, summary, button'))
+            .every(child => child.offsetParent === null || getComputedStyle(child).visibility === 'hidden'),
+      })),
+    };
+  };
+  return {
+    scrollWidth: column.scrollWidth, clientWidth: column.clientWidth,
+    past: past.slice(0, 3).map(describe), code: code.slice(0, 3).map(describe),
+    figures: Array.from(column.querySelectorAll('.cell_output img')).length,
+    glue: (column.innerText.match(/\\{glue[^}]*\\}/g) || []).slice(0, 3),
+    summary: section('Summary'), exercises: section('Exercises'),
+  };
+}"""
+
+
+def test_website_chapters_fit_their_column_and_end_with_summary_and_exercises(browser, built_html, site_url):
+    """At 1280x900 no chapter's content column scrolls sideways, no code block hides its line ends, and every
+    chapter has its figures, a Summary with measured numbers and Exercises with collapsed solutions."""
+    chapters = sorted(p.relative_to(built_html).as_posix() for p in (built_html / "notebooks").glob("*.html"))
+    assert chapters, f"no chapter pages under {built_html / 'notebooks'}"
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    problems = []
+    for name in chapters:
+        page.goto(site_url + name, wait_until="load")
+        # sphinx-togglebutton collapses each dropdown (and gives it a button) once the page has loaded.
+        page.wait_for_function("() => document.querySelectorAll('.admonition.dropdown').length"
+                               " === document.querySelectorAll('.admonition.dropdown button.toggle-button').length")
+        found = page.evaluate(CHAPTER_LAYOUT_JS)
+        if found is None:
+            problems.append(f"{name}: no .bd-article-container (the theme's content column) on the page")
+            continue
+        if found["scrollWidth"] > found["clientWidth"]:
+            problems.append(f"{name}: the content column scrolls sideways ({found['scrollWidth']} px of content in "
+                            f"{found['clientWidth']} px); reaching past its edge: {'; '.join(found['past'])}")
+        if found["code"]:
+            problems.append(f"{name}: code blocks scroll instead of wrapping: {'; '.join(found['code'])}")
+        if not found["figures"]:
+            problems.append(f"{name}: no figure (no <img> in any cell output)")
+        if found["glue"]:
+            problems.append(f"{name}: raw glue roles in the text: {found['glue']}")
+        summary, exercises = found["summary"], found["exercises"]
+        if summary is None:
+            problems.append(f"{name}: no 'Summary' section")
+        elif not 3 <= len(summary["items"]) <= 5 or not any(re.search(r"\d", item) for item in summary["items"]):
+            problems.append(f"{name}: the Summary should have 3-5 points with measured numbers: {summary['items']}")
+        if exercises is None:
+            problems.append(f"{name}: no 'Exercises' section")
+        else:
+            if len(exercises["items"]) < 3:
+                problems.append(f"{name}: fewer than 3 exercises: {exercises['items']}")
+            if not exercises["dropdowns"]:
+                problems.append(f"{name}: no solution in a collapsed dropdown under Exercises")
+            shown = [box["title"] for box in exercises["dropdowns"] if not box["hidden"]]
+            if shown:
+                problems.append(f"{name}: solutions shown open instead of collapsed: {shown}")
+        if name == chapters[-1]:
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "book-last-chapter.png"), full_page=True)
+    page.close()
+    assert not problems, "\n".join(problems)
