@@ -1,17 +1,8 @@
-"""What a chapter page says about itself: its header (backbone, data, profile) and the values glued into its prose."""
+"""What a chapter page says about itself: its header (backbone, data, profile, and what made its numbers)."""
 
 from __future__ import annotations
 
 from .recipes import get_profile
-
-
-def glue(name: str, value, display: bool = False) -> None:
-    """Store `value` for the page's prose (MyST-NB's glue); a no-op where myst_nb is absent (Colab)."""
-    try:
-        from myst_nb import glue as myst_glue
-    except ImportError:
-        return
-    myst_glue(name, value, display=display)
 
 
 def page_header(profile: str, backbone: str | None, records: list[dict], data: dict | None = None) -> str:

@@ -244,14 +244,24 @@ def results_dirs() -> list[Path]:
     return [checkout] if checkout.is_dir() else []
 
 
+@functools.lru_cache(maxsize=256)
+def _committed_record(path: Path, size: int, mtime_ns: int) -> dict | None:
+    """A committed record's content, parsed once while the file is unchanged (a book build asks for the
+    same records from every chapter)."""
+    return read_record(path)
+
+
 def committed_records() -> list[tuple[Path, dict]]:
     """Every readable run record under the results folders, with its path."""
+    from .results import BENCH_FOLDER
+
     found = []
     for folder in results_dirs():
         for path in sorted(folder.rglob("*.json")):
-            if "bench" in path.relative_to(folder).parts[:-1]:  # speed measurements, not runs
+            if BENCH_FOLDER in path.relative_to(folder).parts[:-1]:  # speed measurements, not runs
                 continue
-            record = read_record(path)
+            stat = path.stat()
+            record = _committed_record(path, stat.st_size, stat.st_mtime_ns)
             if isinstance(record, dict) and {"config", "metrics", "identity"} <= record.keys():
                 found.append((path, record))
     return found
