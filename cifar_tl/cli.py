@@ -273,7 +273,7 @@ def _campaign(args) -> None:
         results = Path(args.results)
         os.environ["CIFAR_TL_RESULTS"] = str(results.absolute())
     else:
-        found = results_dirs()
+        found = results_dirs(writable=True)
         if not found:
             raise UserError("no results/ folder here: run from a checkout of cifar-tl, or pass --results DIR")
         results = found[0]

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from .backbones import BACKBONES, check_backbone, create_model, torchvision_checkpoint, weights_identity
 from .errors import UserError
+from .results import machine_name
 from .stats import accuracies, fmt_mean_std
 from .train import autocast, place_model
 
@@ -198,20 +199,12 @@ def backbone_table(records_by_backbone: dict[str, list[dict]], costs: pd.DataFra
     return pd.DataFrame(rows).set_index("backbone")
 
 
-def _machine_name(record: dict) -> str:
-    info = record.get("machine", {})
-    device = record.get("timing", {}).get("device", "cpu")
-    if str(device).startswith("cuda") and info.get("gpu"):
-        return f"{info['gpu']} (GPU)"
-    return f"{info.get('cpu', '?')}, {info.get('torch_threads', '?')} torch threads (CPU)"
-
-
 def machines(records_by_label: dict[str, list[dict]]) -> list[str]:
-    """The distinct machines (GPU, else CPU and its thread count) that produced these records' timings."""
+    """The distinct machines (`results.machine_name`) that produced these records' timings."""
     seen = []
     for records in records_by_label.values():
         for record in records:
-            name = _machine_name(record)
+            name = machine_name(record)
             if name not in seen:
                 seen.append(name)
     return seen
@@ -238,7 +231,7 @@ def cost_table(records_by_label: dict[str, list[dict]]) -> pd.DataFrame:
             "training images/s": mean("train_images_per_second"),
             "evaluation images/s": mean("eval_images_per_second"),
             "test accuracy": fmt_mean_std(accuracies(records)),
-            "machine": "; ".join(dict.fromkeys(_machine_name(r) for r in records)),
+            "machine": "; ".join(dict.fromkeys(machine_name(r) for r in records)),
         })
     return pd.DataFrame(rows).set_index("setting")
 

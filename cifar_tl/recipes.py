@@ -110,22 +110,35 @@ class Recipe:
     builds_on: str | None = None  # the recipe this one changes (the technique chapters' ladder)
     chapter: str | None = None  # the chapter (notebook id) that introduces this recipe
     self_training: SelfTraining | None = None  # then train students on the unlabelled pool too
+    # Also fit scikit-learn's logistic regression on the frozen features the head trained on, with its
+    # inverse regularisation C chosen on the validation split from these values (a head-only recipe only).
+    sklearn_probe: tuple[float, ...] | None = None
 
     def __post_init__(self):
         if self.augment not in AUGMENTATIONS:
             raise ValueError(f"augment must be one of {AUGMENTATIONS}")
         if self.tta not in TTA_MODES:
             raise ValueError(f"tta must be one of {TTA_MODES}")
+        if self.sklearn_probe is not None:
+            if not self.sklearn_probe or any(c <= 0 for c in self.sklearn_probe):
+                raise ValueError("sklearn_probe takes one or more positive values of C")
+            if any(stage.train != "head" for stage in self.stages) or self.augment != "none" or self.tta != "none":
+                raise ValueError("sklearn_probe needs a recipe that trains only the head, on unaugmented "
+                                 "images, without test-time augmentation (the features must be fixed)")
 
     def as_dict(self) -> dict:
-        """The recipe as a dict. `self_training` appears only when the recipe has it (its stages as a
-        list, as JSON reads them back): a recipe without it has the same dict, and so the same
-        definition and record identity, as before the field existed."""
+        """The recipe as a dict. `self_training` and `sklearn_probe` appear only when the recipe has them
+        (as lists, as JSON reads them back): a recipe without them has the same dict, and so the same
+        definition and record identity, as before the fields existed."""
         d = asdict(self)
         if d["self_training"] is None:
             del d["self_training"]
         else:
             d["self_training"]["stages"] = list(d["self_training"]["stages"])
+        if d["sklearn_probe"] is None:
+            del d["sklearn_probe"]
+        else:
+            d["sklearn_probe"] = list(d["sklearn_probe"])
         return d
 
 
@@ -218,6 +231,7 @@ RECIPES: dict[str, Recipe] = {
             (Stage(epochs=100, lr=1e-3, train="head", schedule="cosine"),),
             weight_decay=1e-4,
             chapter="03-linear-probe",
+            sklearn_probe=(1.0, 0.1, 0.01, 0.001),
         ),
         *_ladder(),
         _self_training(next(r for r in _ladder() if r.name == "full")),

@@ -38,10 +38,10 @@ def read_records(folder) -> tuple[list[dict], list[str]]:
 def machine_name(record: dict) -> str:
     """The GPU a record ran on, else its CPU, how many cores it had and its vector ISA when recorded
     (two CPUs of one name can differ in AVX-512, which decides bf16 and speed); and the precision."""
-    machine = record.get("machine") or {}
-    precision = (record.get("timing") or {}).get("precision") or (record.get("config") or {}).get("precision")
+    machine, timing = record.get("machine") or {}, record.get("timing") or {}
+    precision = timing.get("precision") or (record.get("config") or {}).get("precision")
     suffix = f", {precision}" if precision else ""
-    if machine.get("gpu"):
+    if machine.get("gpu") and str(timing.get("device", "cuda")).startswith("cuda"):  # not a CPU run beside a GPU
         return machine["gpu"] + suffix
     details = [f"{machine['cpu_count']} cores"] if machine.get("cpu_count") else []
     details += [machine["cpu_capability"]] if machine.get("cpu_capability") else []

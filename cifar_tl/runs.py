@@ -47,7 +47,7 @@ DEFAULT_VAL_PER_CLASS = 50
 _DESCRIPTIVE_FIELDS = ("name", "description", "builds_on", "chapter")
 # Recipe fields added later, left out of the definition while unset: the records of recipes without them keep
 # their identity.
-_OPTIONAL_FIELDS = ("self_training",)
+_OPTIONAL_FIELDS = ("self_training", "sklearn_probe")
 
 
 def code_version() -> str:
@@ -234,14 +234,34 @@ def read_record(path: Path) -> dict | None:
         return None
 
 
-def results_dirs() -> list[Path]:
+# The checkout's committed records, and the copy of them that an installed package ships (pyproject maps
+# results/ to the subpackage cifar_tl.reference_results), so Colab or a venv reads the same numbers.
+_CHECKOUT = Path(__file__).resolve().parent.parent
+_SHIPPED_RESULTS = Path(__file__).resolve().parent / "reference_results"
+
+
+def results_dirs(writable: bool = False) -> list[Path]:
     """Folders of committed records: `$CIFAR_TL_RESULTS` (paths separated by os.pathsep), else the
-    checkout's `results/` when there is one."""
+    checkout's `results/` when there is one, else (to read only, not with `writable`) the records shipped
+    inside the installed package."""
     chosen = os.environ.get("CIFAR_TL_RESULTS")
     if chosen:
         return [Path(p).expanduser().absolute() for p in chosen.split(os.pathsep) if p]
-    checkout = Path(__file__).resolve().parent.parent / "results"
-    return [checkout] if checkout.is_dir() else []
+    if (_CHECKOUT / "pyproject.toml").is_file() and (_CHECKOUT / "results").is_dir():
+        return [_CHECKOUT / "results"]
+    return [_SHIPPED_RESULTS] if _SHIPPED_RESULTS.is_dir() and not writable else []
+
+
+def records_location() -> str:
+    """Where the committed records are read from, in words for a page."""
+    folders = results_dirs()
+    if not folders:
+        return "no results folder"
+    if folders == [_SHIPPED_RESULTS]:
+        return f"the copy shipped with the installed cifar-tl {__version__}"
+    if folders == [_CHECKOUT / "results"]:
+        return "`results/` of this checkout"
+    return ", ".join(f"`{folder}`" for folder in folders)
 
 
 @functools.lru_cache(maxsize=256)
@@ -329,6 +349,18 @@ def _cached_model(config: RunConfig, weights: Path, n_classes: int):
     return model.eval()
 
 
+def _sklearn_probe(recipe: Recipe, result, labels, test_features: torch.Tensor) -> dict:
+    """scikit-learn's logistic regression on the frozen features the recipe's head trained on, C chosen on
+    the validation split (`logistic_probe.probe_chosen_on_validation`)."""
+    from .logistic_probe import probe_chosen_on_validation
+
+    if result.features is None:
+        raise ValueError(f"recipe {recipe.name}: sklearn_probe needs a head trained on cached features")
+    (train_features, val_features), (y_train, y_val, y_test) = result.features, labels
+    return probe_chosen_on_validation((train_features.numpy(), y_train.numpy()), (val_features.numpy(), y_val.numpy()),
+                                      (test_features.numpy(), y_test.numpy()), recipe.sklearn_probe)
+
+
 def run(config: RunConfig, force: bool = False, progress: bool = True, device: str | None = None,
         return_model: bool = False):
     """Train and evaluate `config`, or read its existing record back. Returns the record, or with
@@ -391,9 +423,18 @@ def run(config: RunConfig, force: bool = False, progress: bool = True, device: s
 
     eval_started = time.perf_counter()
     batch = eval_batch_size(chosen_device)
-    test_logits = compute_outputs(model, x_test, config.image_size, batch, chosen_device, progress=progress,
-                                  desc="test set", tta=recipe.tta, precision=config.precision)
+    if recipe.sklearn_probe is None:
+        test_logits = compute_outputs(model, x_test, config.image_size, batch, chosen_device, progress=progress,
+                                      desc="test set", tta=recipe.tta, precision=config.precision)
+    else:  # the test images' frozen features feed both the trained head and scikit-learn's probe
+        test_features = compute_outputs(model, x_test, config.image_size, batch, chosen_device, features=True,
+                                        progress=progress, desc="test set", precision=config.precision)
+        with torch.inference_mode():
+            test_logits = model.head(test_features.to(chosen_device)).float().cpu()
     eval_seconds = time.perf_counter() - eval_started
+    sklearn_probe = None
+    if recipe.sklearn_probe is not None:
+        sklearn_probe = _sklearn_probe(recipe, result, (y_train, y_val, y_test), test_features)
     n_classes = len(dataset.classes)
     test = classification_metrics(test_logits, y_test.numpy(), n_classes)
     if recipe.tta != "none" or recipe.ema_decay > 0:  # the final model differs from the last epoch's
@@ -452,6 +493,8 @@ def run(config: RunConfig, force: bool = False, progress: bool = True, device: s
     }
     if unlabelled is not None:
         record["self_training"] = unlabelled
+    if sklearn_probe is not None:
+        record["metrics"]["sklearn_probe"] = sklearn_probe
     if return_model:
         with atomic_path(weights) as tmp:
             torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)

@@ -31,6 +31,26 @@ def comparison_table(runs: dict[str, list[dict]]) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("setting")
 
 
+def probe_table(records: list[dict]) -> pd.DataFrame:
+    """Per subset of a `linear_probe` run: the trained torch head against scikit-learn's logistic regression
+    on the same frozen features (its C chosen on the validation split), and their difference on the test set."""
+    rows = []
+    for record in records:
+        probe = record["metrics"].get("sklearn_probe")
+        if probe is None:
+            raise ValueError(f"{record['name']} has no scikit-learn probe: its recipe does not ask for one")
+        head = record["metrics"]["test_accuracy"]
+        rows.append({
+            "seed": record["config"]["seed"],
+            "head: test": f"{100 * head:.1f}%",
+            "LogReg: C": f"{probe['C']:g}",
+            "LogReg: val": f"{100 * probe['val_accuracy']:.1f}%",
+            "LogReg: test": f"{100 * probe['test_accuracy']:.1f}%",
+            "Δ test (pp)": f"{100 * (probe['test_accuracy'] - head):+.1f}",
+        })
+    return pd.DataFrame(rows).set_index("seed")
+
+
 def pairs_table(before: dict, after: dict, classes: list[str], labels=("before", "after"), k: int = 5) -> pd.DataFrame:
     """The hardest pairs of `before` (confusions summed over its subsets) with their counts after."""
     sum_before = np.sum([r["metrics"]["confusion_matrix"] for r in before], axis=0)
@@ -133,3 +153,11 @@ def reference_table(references: list[dict], own: dict[str, list[dict]] | None = 
     if base is not None:
         columns.append(base_column)
     return pd.DataFrame(rows, columns=columns)
+
+
+def split_constant_columns(table: pd.DataFrame, keep=("recipe",)) -> tuple[pd.DataFrame, str]:
+    """The table without the columns whose value is the same on every row (other than `keep`), and a
+    sentence that states those values once: a narrower table that says the same."""
+    constant = [c for c in table.columns if c not in keep and len(table) > 1 and table[c].nunique(dropna=False) == 1]
+    said = "; ".join(f"{column}: {table[column].iloc[0]}" for column in constant)
+    return table.drop(columns=constant), (f"Every row: {said}." if said else "")

@@ -301,6 +301,7 @@ class TrainResult:
     train_seconds: float = 0.0
     images_trained: int = 0  # images that went through a training step
     feature_seconds: float = 0.0
+    features: tuple[torch.Tensor, torch.Tensor] | None = None  # (train, val) features the last head-only stage used
 
 
 def train(
@@ -346,6 +347,7 @@ def train(
                                        precision=precision)
             val_in = compute_outputs(model, x_val, image_size, eval_bs, device, True, progress, "features (val)",
                                      precision=precision)
+            result.features = (train_in, val_in)
             train_in, val_in = train_in.to(device), val_in.to(device)
             result.feature_seconds += time.perf_counter() - started
             net = model.head

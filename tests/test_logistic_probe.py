@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from cifar_tl.backbones import create_model
-from cifar_tl.logistic_probe import probe_features, sklearn_probe
+from cifar_tl.logistic_probe import probe_chosen_on_validation, probe_features, sklearn_probe
+from cifar_tl.recipes import RECIPES, Stage
 
 
 def test_probe_features_are_the_bodys_pooled_features_in_eval_mode():
@@ -40,3 +41,38 @@ def test_sklearn_probe_separates_separable_features():
     assert model.predict(x_test).tolist() == y_test.tolist()
     weak, _ = sklearn_probe(x_train, y_train, x_test, rng.permutation(y_test), C=1.0)
     assert weak < 0.8  # labels shuffled: the score is not given away
+
+
+def _blobs(rng, centres, n, noise):
+    labels = np.repeat(np.arange(len(centres)), n)
+    return centres[labels] + rng.normal(scale=noise, size=(len(labels), centres.shape[1])), labels
+
+
+def test_the_probes_penalty_is_chosen_on_validation_and_the_test_set_read_once():
+    rng = np.random.default_rng(1)
+    centres = rng.normal(size=(4, 30))
+    train, val, test = (_blobs(rng, centres, n, 2.0) for n in (8, 30, 50))
+    grid = [10.0, 0.1, 0.001]
+    chosen = probe_chosen_on_validation(train, val, test, grid)
+    by_c = {c: sklearn_probe(*train, *val, C=c)[0] for c in grid}
+    assert chosen["val_accuracy_by_C"] == [by_c[c] for c in grid]
+    assert chosen["C"] == max(grid, key=by_c.get) and chosen["val_accuracy"] == max(by_c.values())
+    assert chosen["test_accuracy"] == sklearn_probe(*train, *test, C=chosen["C"])[0]
+    # Other test labels change the test accuracy, never the choice: the test set does not pick a setting.
+    shuffled = probe_chosen_on_validation(train, val, (test[0], rng.permutation(test[1])), grid)
+    assert (shuffled["C"], shuffled["val_accuracy_by_C"]) == (chosen["C"], chosen["val_accuracy_by_C"])
+    assert shuffled["test_accuracy"] < chosen["test_accuracy"]
+
+
+def test_only_a_head_only_recipe_can_ask_for_the_sklearn_probe():
+    from dataclasses import replace
+
+    probe = RECIPES["linear_probe"]
+    assert probe.sklearn_probe and all(stage.train == "head" for stage in probe.stages)
+    with pytest.raises(ValueError, match="trains only the head"):
+        replace(probe, stages=(Stage(epochs=1, lr=1e-3, train="all"),))
+    with pytest.raises(ValueError, match="trains only the head"):
+        replace(probe, augment="crop_flip")
+    with pytest.raises(ValueError, match="positive values of C"):
+        replace(probe, sklearn_probe=(1.0, 0.0))
+    assert all(r.sklearn_probe is None for name, r in RECIPES.items() if name != "linear_probe")

@@ -20,8 +20,6 @@ ROOT = Path(__file__).resolve().parents[1]
 # Modules of cifar_tl that run only with an extra installed (`cifar-tl app` says to install it): their imports
 # may be declared in that extra instead of the dependencies.
 EXTRA_MODULES = {"app.py": "app"}
-# Imports made inside `try: ... except ImportError`, with a fallback when absent: declared in that extra.
-OPTIONAL_IMPORTS = {"myst_nb": "book"}  # glue is a no-op without MyST-NB (Colab, JupyterLab)
 
 
 def normalise(name: str) -> str:
@@ -54,7 +52,7 @@ def test_every_import_of_cifar_tl_is_stdlib_or_declared():
     for module in modules:
         for package in sorted(top_level_imports(module) - {"cifar_tl"} - set(sys.stdlib_module_names)):
             allowed = set(dependencies)
-            extra = EXTRA_MODULES.get(module.name) or OPTIONAL_IMPORTS.get(package)
+            extra = EXTRA_MODULES.get(module.name)
             if extra:
                 allowed |= extras.get(extra, set())
             provided_by = {normalise(d) for d in distributions.get(package, [])}

@@ -15,6 +15,7 @@ import cifar_tl.runs as runs_module
 from cifar_tl.data import balanced_subset, load_dataset, source_checksum
 from cifar_tl.errors import UserError
 from cifar_tl.files import cache_dir
+from cifar_tl.recipes import RECIPES
 from cifar_tl.runs import code_version, make_config, read_record, record_path, run, run_seeds
 
 
@@ -158,6 +159,14 @@ def test_smoke_run_writes_a_complete_record(tiny_dataset, recipe, backbone, coun
     per_class = np.diag(confusion) / 10
     assert list(metrics["per_class_accuracy"].values()) == pytest.approx(per_class.tolist())
     assert len(metrics["test_predictions"]) == len(metrics["test_labels"]) == 30
+    if recipe == "linear_probe":  # scikit-learn's probe on the same features, its C chosen on validation
+        probe = metrics["sklearn_probe"]
+        assert probe["C_grid"] == list(RECIPES["linear_probe"].sklearn_probe) == record["recipe"]["sklearn_probe"]
+        assert probe["val_accuracy"] == max(probe["val_accuracy_by_C"])
+        assert probe["C"] == probe["C_grid"][probe["val_accuracy_by_C"].index(probe["val_accuracy"])]
+        assert 0 <= probe["test_accuracy"] <= 1
+    else:
+        assert "sklearn_probe" not in metrics and "sklearn_probe" not in record["recipe"]
 
     history = record["history"]
     assert [h["epoch"] for h in history] == [1, 2]
