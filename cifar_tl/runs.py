@@ -432,9 +432,11 @@ def run(config: RunConfig, force: bool = False, progress: bool = True, device: s
         with torch.inference_mode():
             test_logits = model.head(test_features.to(chosen_device)).float().cpu()
     eval_seconds = time.perf_counter() - eval_started
-    sklearn_probe = None
+    sklearn_probe, sklearn_seconds = None, None
     if recipe.sklearn_probe is not None:
+        probe_started = time.perf_counter()
         sklearn_probe = _sklearn_probe(recipe, result, (y_train, y_val, y_test), test_features)
+        sklearn_seconds = time.perf_counter() - probe_started
     n_classes = len(dataset.classes)
     test = classification_metrics(test_logits, y_test.numpy(), n_classes)
     if recipe.tta != "none" or recipe.ema_decay > 0:  # the final model differs from the last epoch's
@@ -495,6 +497,7 @@ def run(config: RunConfig, force: bool = False, progress: bool = True, device: s
         record["self_training"] = unlabelled
     if sklearn_probe is not None:
         record["metrics"]["sklearn_probe"] = sklearn_probe
+        record["timing"]["sklearn_probe_seconds"] = sklearn_seconds
     if return_model:
         with atomic_path(weights) as tmp:
             torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
