@@ -39,9 +39,11 @@ def installed_package(tmp_path_factory) -> Path:
     return site
 
 
-def _outside_environment(site: Path) -> dict:
+def _outside_environment(site: Path, data: Path | None = None) -> dict:
     environment = {**os.environ, "PYTHONPATH": str(site)}  # before the venv's editable checkout on sys.path
     environment.pop("CIFAR_TL_RESULTS", None)
+    if data is not None:  # absolute: the README's CIFAR_TL_DATA is relative to the checkout, the kernel runs elsewhere
+        environment["CIFAR_TL_DATA"] = str(data)
     return environment
 
 
@@ -58,7 +60,8 @@ def test_the_installed_package_ships_the_committed_records(installed_package, tm
     assert writable == "[]"  # a campaign never writes into an installed package
 
 
-def test_a_chapter_runs_outside_the_checkout_from_the_installed_package(built_book, installed_package, tmp_path):
+def test_a_chapter_runs_outside_the_checkout_from_the_installed_package(built_book, installed_package, jpeg_archive,
+                                                                      tmp_path):
     """Chapter 12 (the one that reads the reference records), alone in an empty folder, as Colab opens it.
     `built_book` first: the smoke runs it trained are in the session's cache, so nothing trains twice."""
     colab = tmp_path / "content"
@@ -69,7 +72,8 @@ def test_a_chapter_runs_outside_the_checkout_from_the_installed_package(built_bo
     done = subprocess.run(
         [sys.executable, "-m", "papermill", str(notebook), str(executed), "--cwd", str(colab), "-k", "python3",
          "--no-progress-bar"],
-        capture_output=True, text=True, cwd=colab, env=_outside_environment(installed_package), timeout=1200)
+        capture_output=True, text=True, cwd=colab, env=_outside_environment(installed_package, jpeg_archive),
+        timeout=1200)
     assert done.returncode == 0, done.stderr[-3000:]
 
     cells = json.loads(executed.read_text())["cells"]
