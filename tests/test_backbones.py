@@ -4,7 +4,6 @@ torchvision offline, and the weights' identity without building the network."""
 from __future__ import annotations
 
 import os
-import pickle
 import urllib.error
 from pathlib import Path
 

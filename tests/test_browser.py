@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -16,9 +17,10 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
+from PIL import Image
 
 from cifar_tl.app import MAX_EXAMPLES
-from cifar_tl.chapters import ROOT
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
@@ -101,14 +103,13 @@ def watch(page) -> dict:
 @pytest.fixture(scope="module")
 def checkpoint_dir(jpeg_archive, tmp_path_factory) -> Path:
     """Two tiny checkpoints made by `cifar-tl train --save-checkpoint` on the real CIFAR-10 copy."""
+    from conftest import run_cli
+
     folder = tmp_path_factory.mktemp("app-checkpoints")
-    for backbone in ("simple_cnn", "efficientnet_lite0"):
-        done = subprocess.run(
-            [sys.executable, "-m", "cifar_tl.cli", "train", "--backbone", backbone, "--recipe", "linear_probe",
-             "--profile", "smoke", "--per-class", "10", "--val-per-class", "5", "--test-limit", "100", "--epochs", "2",
-             "--image-size", "32", "--data", str(jpeg_archive), "--save-checkpoint", str(folder / f"{backbone}.pt")],
-            capture_output=True, text=True, timeout=600, env=subprocess_env(),
-        )
+    for backbone in ("simple_cnn", "efficientnet_lite0"):  # in this process: the session's decoded arrays
+        done = run_cli("train", "--backbone", backbone, "--recipe", "linear_probe", "--profile", "smoke",
+                       "--per-class", "10", "--val-per-class", "5", "--test-limit", "100", "--epochs", "2",
+                       "--image-size", "32", "--data", jpeg_archive, "--save-checkpoint", folder / f"{backbone}.pt")
         assert done.returncode == 0, done.stderr[-3000:]
     return folder
 
@@ -175,12 +176,95 @@ def test_app_classifies_an_example_with_every_model(browser, app_url, checkpoint
     page.close()
 
 
+@pytest.fixture(scope="module")
+def hostile_app(checkpoint_dir, jpeg_archive, tmp_path_factory):
+    """`cifar-tl app` on a folder of one good checkpoint among a pickle with code in it and random bytes, and
+    the files a user might upload. Yields (url, uploads folder, marker: created only if the pickle's code ran)."""
+    import faults
+
+    folder = tmp_path_factory.mktemp("hostile-checkpoints")
+    marker = folder.parent / f"{folder.name}-code-ran"
+    shutil.copy(checkpoint_dir / "simple_cnn.pt", folder / "simple_cnn.pt")
+    torch.save({"format": "cifar-tl-checkpoint", "payload": faults.RunsCode(marker)}, folder / "code.pt")
+    (folder / "garbage.pt").write_bytes(os.urandom(4000))
+    uploads = tmp_path_factory.mktemp("hostile-uploads")
+    (uploads / "text.png").write_text("not an image\n")
+    (uploads / "empty.png").write_bytes(b"")
+    (uploads / "huge.png").write_bytes(faults.png_claiming(60_000, 60_000))
+    with open(uploads / "heavy.png", "wb") as f:
+        f.write(os.urandom(50_000_000))
+    Image.new("RGB", (64, 48), (200, 120, 40)).save(uploads / "good.png")
+    port = free_port()
+    log = tmp_path_factory.mktemp("hostile-app-log") / "app.log"
+    env = subprocess_env(CIFAR_TL_DATA=str(jpeg_archive), GRADIO_TEMP_DIR=str(tmp_path_factory.mktemp("gradio")))
+    with open(log, "w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "cifar_tl.cli", "app", "--checkpoints", str(folder), "--port", str(port)],
+            stdout=out, stderr=subprocess.STDOUT, env=env,
+        )
+    try:
+        wait_for_port(port, process, log)
+        yield f"http://127.0.0.1:{port}/", uploads, marker, process
+    finally:
+        stop(process)
+    printed = log.read_text()
+    assert "the app skips code.pt" in printed and "the app skips garbage.pt" in printed, printed
+
+
+def test_app_names_bad_checkpoints_and_survives_hostile_uploads(browser, hostile_app):
+    """Each bad upload gets its message in the page; then, in the same session, a good image is classified."""
+    from playwright.sync_api import expect
+
+    url, uploads, marker, process = hostile_app
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    seen = watch(page)
+    page.goto(url, wait_until="load")
+    summary = page.locator("#summary")
+    expect(summary).to_contain_text("1 checkpoint(s)", timeout=60_000)
+    expect(summary).to_contain_text("Skipped code.pt: it asks to run code")
+    expect(summary).to_contain_text("Skipped garbage.pt: not a PyTorch file")
+    assert not marker.exists(), "the app ran the code in code.pt"
+
+    upload = page.locator("#input-image input[type=file]")
+    status = page.locator("#status")
+
+    def send(name: str) -> None:
+        upload.set_input_files(str(uploads / name))
+        # Uploaded: the preview shows the server's copy (a broken image where the file is not one).
+        expect(page.locator(f'#input-image img[src*="{name}"]')).to_have_count(1, timeout=30_000)
+        page.get_by_role("button", name="Classify with every model").click()
+
+    for name, message in [
+        ("text.png", "image text.png could not be read as an image (not an image Pillow knows)"),
+        ("empty.png", "image empty.png is empty (0 bytes)"),
+        ("huge.png", "image huge.png claims 3,600,000,000 pixels, more than the 64 megapixels"),
+    ]:
+        send(name)
+        expect(status).to_contain_text(f"Could not classify: {message}", timeout=30_000)
+    upload.set_input_files(str(uploads / "heavy.png"))  # 50 MB: refused by the server, said in the page
+    expect(page.get_by_text(re.compile("exceed the maximum allowed size"))).to_be_visible(timeout=30_000)
+
+    send("good.png")
+    prediction = page.locator("#prediction-0")
+    expect(prediction).to_contain_text(re.compile(r"\d+%"), timeout=60_000)
+    expect(status).to_have_text("")
+    assert process.poll() is None, "the server stopped"
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "app-hostile.png"), full_page=True)
+    page.close()
+    # The refused 50 MB upload is the one failed request; Gradio's page then also asks for its progress in vain.
+    bad = [r for r in seen["bad_responses"] if "/gradio_api/upload" not in r]
+    errors = [e for e in seen["errors"] if "Failed to load resource" not in e and "console: Response" not in e]
+    assert not bad, bad
+    assert not errors, errors
+
+
 # -- the website ------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def built_html(built_book) -> Path:
-    """_build/html as `cifar-tl book --profile smoke` built it in this session (conftest.built_book)."""
+    """The website as `cifar-tl book --profile smoke` built it in this session (conftest.built_book)."""
     return built_book / "html"
 
 

@@ -1,4 +1,7 @@
-"""The command line: JSON on stdout, and one clear line (exit 2, no traceback) for each user mistake."""
+"""The command line: JSON on stdout, and exactly one clear line (exit 2, no traceback) for each user mistake;
+--debug or CIFAR_TL_DEBUG=1 for the traceback. The commands run in this process (conftest.run_cli), as
+`cifar-tl` would run them, without an interpreter start-up per call; one subprocess checks the traceback a
+user sees."""
 
 from __future__ import annotations
 
@@ -13,16 +16,16 @@ import pytest
 from PIL import Image
 
 
-def cifar_tl(*args, env=None, timeout=600):
-    return subprocess.run(
-        [sys.executable, "-m", "cifar_tl.cli", *args], capture_output=True, text=True, timeout=timeout,
-        env={**os.environ, **(env or {})},
-    )
+def cifar_tl(*args, env=None):
+    from conftest import run_cli
+
+    return run_cli(*args, env=env)
 
 
 @pytest.fixture(scope="module")
 def tiny_folders(tmp_path_factory) -> Path:
-    """3 classes of 16x16 PNGs: 12 training and 4 test images each, colours that tell classes apart."""
+    """3 classes of 16x16 PNGs: 12 training and 4 test images each, colours that tell classes apart. Decoded
+    once here, so that no command's stderr carries a decoding progress bar before the line a test reads."""
     root = tmp_path_factory.mktemp("tiny")
     rng = np.random.default_rng(0)
     for split, count in (("train", 12), ("test", 4)):
@@ -33,17 +36,17 @@ def tiny_folders(tmp_path_factory) -> Path:
                 pixels = rng.integers(0, 60, (16, 16, 3), dtype=np.uint8)
                 pixels[..., c] += 150
                 Image.fromarray(pixels).save(folder / f"{i}.png")
+    from cifar_tl.data import load_dataset
+
+    load_dataset(root, progress=False)  # into the session's cache
     return root
 
 
 def assert_clean_error(done: subprocess.CompletedProcess, *fragments: str):
-    assert done.returncode == 2, (done.returncode, done.stderr)
-    assert "Traceback" not in done.stderr
-    lines = [line for line in done.stderr.splitlines() if line.startswith("cifar-tl: error:")]
-    assert len(lines) == 1, done.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-    assert done.stdout == ""
+    """Exit status 2, nothing on stdout, and stderr exactly one line: `cifar-tl: error: ...` with the fragments."""
+    from conftest import assert_one_error_line
+
+    assert_one_error_line(done, *fragments)
 
 
 def test_train_json_is_exactly_the_record(tiny_folders):
@@ -91,10 +94,23 @@ def test_per_class_larger_than_a_class_names_the_class(tiny_folders):
     assert_clean_error(done, "class 'blue' has 12")
 
 
-def test_debug_shows_the_traceback():
-    done = cifar_tl("--debug", "train", "--backbone", "vgg99")
-    assert done.returncode != 0
-    assert "Traceback" in done.stderr and "UserError" in done.stderr
+def test_debug_raises_instead_of_one_line():
+    from cifar_tl.errors import UserError
+
+    with pytest.raises(UserError, match="unknown backbone 'vgg99'"):  # the interpreter prints its traceback
+        cifar_tl("--debug", "train", "--backbone", "vgg99")
+    with pytest.raises(UserError, match="unknown backbone 'vgg99'"):
+        cifar_tl("train", "--backbone", "vgg99", env={"CIFAR_TL_DEBUG": "1"})
+    assert_clean_error(cifar_tl("train", "--backbone", "vgg99", env={"CIFAR_TL_DEBUG": "0"}), "vgg99")
+    assert_clean_error(cifar_tl("train", "--backbone", "vgg99", env={"CIFAR_TL_DEBUG": ""}), "vgg99")
+
+
+def test_cifar_tl_debug_shows_the_traceback_a_user_sees():
+    """As the README says it: CIFAR_TL_DEBUG=1 in the environment of a real `cifar-tl` process."""
+    done = subprocess.run([sys.executable, "-m", "cifar_tl.cli", "train", "--backbone", "vgg99"],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "CIFAR_TL_DEBUG": "1"})
+    assert done.returncode == 1
+    assert "Traceback (most recent call last)" in done.stderr and "UserError: unknown backbone 'vgg99'" in done.stderr
 
 
 def test_chapters_lists_one_line_per_chapter_starting_with_its_id():

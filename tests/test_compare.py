@@ -28,8 +28,18 @@ def test_backbone_costs_counts_and_latency():
     assert other.attrs["torch_threads"] == before + 1
     assert other.loc["simple_cnn", "input size"] == 32  # its own size, whatever image_size says
     assert torch.get_num_threads() == before  # the thread count is restored
-    if not torch.cuda.is_available():
+    if torch.cuda.is_available():  # measured on the GPU where there is one ...
+        assert (table["GPU images/s"] > 0).all()
+    else:
         assert table["GPU images/s"].isna().all()
+
+
+def test_backbone_costs_claim_no_gpu_speed_without_a_gpu(monkeypatch):
+    """... and left empty (never a number) where PyTorch sees none: simulated, so it is checked everywhere."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    table = backbone_costs(["simple_cnn"], image_size=32, repeats=1, warmup=0, progress=False)
+    assert table["GPU images/s"].isna().all()
+    assert (table["CPU latency (ms)"] > 0).all()
 
 
 def test_weights_available_follows_torch_home(tmp_path, monkeypatch):

@@ -10,6 +10,7 @@ from PIL import Image
 import cifar_tl.data as data_module
 from cifar_tl.data import (
     JPEG_COPY_NAME,
+    JPEG_COPY_SHA256,
     MIXED_STORE_SIZE,
     balanced_subset,
     capped_test,
@@ -18,6 +19,7 @@ from cifar_tl.data import (
     source_checksum,
 )
 from cifar_tl.errors import UserError
+from cifar_tl.files import sha256_file
 
 # 4 classes, 50 images each, interleaved: the synthetic pool for the pinned subset below.
 SYNTHETIC_LABELS = np.arange(200) % 4
@@ -25,8 +27,12 @@ SYNTHETIC_LABELS = np.arange(200) % 4
 # the same on every platform: if this changes, the same seed no longer names the same subset.
 SYNTHETIC_SEED0_TRAIN_HASH = "f7b74b813b4c0ac2"
 SYNTHETIC_SEED0_VAL_HASH = "5da9054d590bd276"
-# The same for the real CIFAR-10 copy: the book's 100-per-class subset of seed 0 (50 val per class),
-# and the smoke profile's 500-image test cap.
+# The same for CIFAR-10's layout, whichever copy holds it: a class-folder copy decodes to its labels in class
+# order (5,000 training and 1,000 test images a class), so these pins are of the labels alone, not of one
+# archive file: the book's 100-per-class subset of seed 0 (50 val per class), and the smoke profile's
+# 500-image test cap.
+CIFAR_TRAIN_LABELS = np.repeat(np.arange(10), 5000)
+CIFAR_TEST_LABELS = np.repeat(np.arange(10), 1000)
 CIFAR_SEED0_TRAIN_HASH = "1c52f2eb3e65b3e5"
 CIFAR_SEED0_VAL_HASH = "2057e522fb4b5d19"
 CIFAR_TEST500_HASH = "4f456e875ddadd4e"
@@ -93,8 +99,17 @@ def test_balanced_subset_rejects_bad_counts(per_class, val_per_class):
         balanced_subset(SYNTHETIC_LABELS, per_class, val_per_class, seed=0)
 
 
+def test_the_books_cifar10_subset_is_pinned():
+    """Seed 0 names the same 1,000 + 500 images of CIFAR-10 on every machine (labels in class order)."""
+    train, val = balanced_subset(CIFAR_TRAIN_LABELS, 100, 50, seed=0)
+    assert indices_hash(train) == CIFAR_SEED0_TRAIN_HASH
+    assert indices_hash(val) == CIFAR_SEED0_VAL_HASH
+    assert indices_hash(capped_test(CIFAR_TEST_LABELS, 500)) == CIFAR_TEST500_HASH
+
+
 def test_real_archive_subset_is_pinned_and_from_the_training_split(cifar_jpeg):
     labels = cifar_jpeg.train_labels
+    np.testing.assert_array_equal(labels, CIFAR_TRAIN_LABELS)  # CIFAR-10's layout: the pins above apply to it
     train, val = balanced_subset(labels, 100, 50, seed=0, classes=cifar_jpeg.classes)
     assert _per_class_counts(labels, train, 10).tolist() == [100] * 10
     assert _per_class_counts(labels, val, 10).tolist() == [50] * 10
@@ -132,6 +147,7 @@ def test_capped_test_below_the_class_count_is_an_error():
 
 
 def test_capped_test_on_the_real_archive(cifar_jpeg):
+    np.testing.assert_array_equal(cifar_jpeg.test_labels, CIFAR_TEST_LABELS)
     picks = capped_test(cifar_jpeg.test_labels, 500)
     assert _per_class_counts(cifar_jpeg.test_labels, picks, 10).tolist() == [50] * 10
     assert indices_hash(picks) == CIFAR_TEST500_HASH
@@ -213,11 +229,17 @@ def test_grayscale_and_rgba_images_become_rgb(make_class_folders):
 
 
 def test_real_archive_identity_says_jpeg_copy(cifar_jpeg, jpeg_archive):
+    """The archive's identity is its own checksum; it is called the JPEG q75 copy exactly when it is that
+    file (the one ../shared/data holds), and any other copy of CIFAR-10 in class folders is not."""
     identity = cifar_jpeg.identity
-    assert identity["name"] == JPEG_COPY_NAME
-    assert "JPEG q75" in identity["name"] and "JPEG q75" in identity["note"]
+    checksum = sha256_file(jpeg_archive)
+    assert identity["checksum"] == f"sha256:{checksum}"
+    if checksum == JPEG_COPY_SHA256:
+        assert identity["name"] == JPEG_COPY_NAME
+        assert "JPEG q75" in identity["name"] and "JPEG q75" in identity["note"]
+    else:
+        assert "JPEG" not in identity["name"] and identity["note"] is None
     assert identity["kind"] == "class-folder archive"
-    assert identity["checksum"] == "sha256:45b041e867f5a40f79bfde38d3dd1fd511103d50068c1afecf6445e25234d4db"
     assert identity["classes"] == [
         "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
     ]
@@ -362,3 +384,60 @@ def test_unreadable_cache_is_decoded_again(make_class_folders, capsys):
     np.testing.assert_array_equal(first.train_images, second.train_images)
     assert "unreadable data cache" in capsys.readouterr().err
     assert not list(cache_file.parent.glob(".tmp-*"))
+
+
+# -- README promises: centre crops of non-square images, and the warning that counts skipped files -----------
+
+GREEN, RED, BLUE = (0, 200, 0), (230, 0, 0), (0, 0, 230)
+
+
+def _banded(width: int, height: int) -> Image.Image:
+    """Three bands along the longer side: red, then green (the centre square), then blue."""
+    image = Image.new("RGB", (width, height), GREEN)
+    third = max(width, height) // 3
+    first, last = ((0, 0, third, height), (2 * third, 0, width, height)) if width > height else \
+        ((0, 0, width, third), (0, 2 * third, width, height))
+    image.paste(RED, first)
+    image.paste(BLUE, last)
+    return image
+
+
+@pytest.mark.parametrize("width, height", [(96, 32), (32, 96), (150, 50)], ids=["wide", "tall", "wide-large"])
+def test_non_square_images_are_stored_as_their_centre_square(tmp_path, width, height):
+    """Mixed sizes are stored as MIXED_STORE_SIZE squares cut from the middle: only the green centre band
+    survives; a squashed, stretched or corner crop would keep some red or blue."""
+    root = tmp_path / "bands"
+    for split, count in (("train", 2), ("test", 1)):
+        for label in ("a", "b"):
+            (root / split / label).mkdir(parents=True)
+            for i in range(count):
+                _banded(width, height).save(root / split / label / f"{i}.png")
+    Image.new("RGB", (40, 40), GREEN).save(root / "train" / "a" / "square.png")  # another size: mixed sizes
+    dataset = load_dataset(root, progress=False)
+    side = MIXED_STORE_SIZE
+    assert dataset.train_images.shape == (5, side, side, 3)
+    for image in dataset.train_images:
+        pixels = image.astype(int)
+        inner = pixels[16:-16, 16:-16]  # away from the few resampled pixels at the border
+        assert np.abs(inner - np.array(GREEN)).max() <= 6, "red or blue from outside the centre square kept"
+        assert pixels[..., 0].mean() < 8 and pixels[..., 2].mean() < 8  # at most a blurred border line
+
+
+def test_unreadable_files_are_skipped_with_one_warning_that_counts_them(make_class_folders, tmp_path, capsys,
+                                                                       monkeypatch):
+    root = make_class_folders(classes=3, per_class=6, test_per_class=2, non_image=True)  # train/class0/notes.txt
+    (root / "train" / "class1" / "broken.jpg").write_bytes(b"\xff\xd8 not really a JPEG")
+    (root / "test" / "class2" / "empty.png").write_bytes(b"")
+    capsys.readouterr()
+    dataset = load_dataset(root, progress=False)
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(warnings) == 1 and warnings[0].startswith("cifar-tl: skipped 3 file(s)"), warnings
+    assert dataset.identity["skipped_files"] == 3
+    assert len(dataset.train_labels) == 18 and len(dataset.test_labels) == 6
+    # the record of a run on it says how many were skipped
+    from cifar_tl.runs import make_config, run
+
+    monkeypatch.setenv("CIFAR_TL_CACHE", str(tmp_path / "own-cache"))
+    record = run(make_config("linear_probe", "simple_cnn", per_class=3, val_per_class=2, image_size=32, epochs=1,
+                             data=str(root), precision="fp32", device="cpu"), progress=False, device="cpu")
+    assert record["data"]["skipped_files"] == 3

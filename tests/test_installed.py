@@ -71,7 +71,7 @@ def test_a_chapter_runs_outside_the_checkout_from_the_installed_package(built_bo
     executed = colab / "executed.ipynb"
     done = subprocess.run(
         [sys.executable, "-m", "papermill", str(notebook), str(executed), "--cwd", str(colab), "-k", "python3",
-         "--no-progress-bar"],
+         "--no-progress-bar", "-p", "profile", "smoke"],  # not auto: with a GPU auto means full (hours of training)
         capture_output=True, text=True, cwd=colab, env=_outside_environment(installed_package, jpeg_archive),
         timeout=1200)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -84,6 +84,7 @@ def test_a_chapter_runs_outside_the_checkout_from_the_installed_package(built_bo
     everything = "\n".join(markdown) + "".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
     assert "{glue" not in everything
     # The reference records, read from the package (not from ../results, which does not exist here).
+    assert "Profile:** `smoke`" in "\n".join(markdown)  # the profile asked for, on any machine
     assert "the copy shipped with the installed cifar-tl" in "\n".join(markdown)
     assert "reference record(s) are committed" in "\n".join(markdown)
     tables = [o for o in outputs if "text/html" in o.get("data", {})]

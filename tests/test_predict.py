@@ -4,9 +4,6 @@ image files of any size, and anything that is not a checkpoint or an image gets 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,12 +19,12 @@ from cifar_tl.train import compute_outputs
 TINY_CLASSES = ["apple", "banana", "cherry"]  # conftest's tiny_dataset
 
 
-def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """`python -m cifar_tl.cli ARGS` as a user runs it (one thread: the machine has two cores)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env.pop("CIFAR_TL_DEBUG", None)
-    return subprocess.run([sys.executable, "-m", "cifar_tl.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env)
+def cli(*args: str):
+    """`cifar-tl ARGS` in this process (conftest.run_cli): exit status, stdout and stderr as a user sees them,
+    without starting an interpreter per call."""
+    from conftest import run_cli
+
+    return run_cli(*args)
 
 
 def fake_record(data_name: str = "tiny") -> dict:
@@ -46,7 +43,7 @@ def test_save_and_load_give_identical_logits(tmp_path, backbone):
                 module.running_var.uniform_(0.5, 1.5)
     model.eval()
     path = save_checkpoint(tmp_path / "model.pt", model, TINY_CLASSES, 32, fake_record())
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]  # written atomically: no temporary left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]  # no temporary file left
 
     loaded, info = load_checkpoint(path)
     x = torch.randn(4, 3, 32, 32)
@@ -59,6 +56,29 @@ def test_save_and_load_give_identical_logits(tmp_path, backbone):
                               "data_checksum": "sha256:0123"}
     assert info["parameters"] == sum(p.numel() for p in model.parameters())
     assert info["file_bytes"] == path.stat().st_size
+
+
+def test_an_interrupted_save_keeps_the_old_checkpoint(tmp_path, interrupted_writes):
+    """Ctrl-C while a checkpoint is being written over an older one, half of its bytes already on disk: the
+    older checkpoint still loads, unchanged, and no temporary file is left. (A checkpoint written straight to
+    its name would be left half-written here.)"""
+    torch.manual_seed(0)
+    old = create_model("simple_cnn", 3, pretrained=False).eval()
+    path = save_checkpoint(tmp_path / "model.pt", old, TINY_CLASSES, 32, fake_record())
+    before = path.read_bytes()
+    torch.manual_seed(1)
+    new = create_model("simple_cnn", 3, pretrained=False).eval()
+    interrupted_writes.arm(tmp_path, suffix=".pt")
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, new, TINY_CLASSES, 32, fake_record())
+    assert interrupted_writes.fired, "the checkpoint was not written through torch.save or open(): nothing proved"
+    interrupted_writes.monkeypatch.undo()
+    assert path.read_bytes() == before
+    loaded, _ = load_checkpoint(path)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        assert torch.equal(loaded(x), old(x))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
 
 
 def test_weights_that_do_not_fit_are_not_a_checkpoint(tmp_path):
@@ -136,6 +156,28 @@ def test_predict_clips_top_and_prints_a_table(trained, images):
     assert lines[1].split()[0] == "1." and lines[1].split()[1] in TINY_CLASSES and lines[1].endswith("%")
 
 
+@pytest.mark.parametrize("width, height", [(96, 32), (32, 96), (300, 100)], ids=["wide", "tall", "large"])
+def test_a_non_square_image_is_predicted_from_its_centre_square(tmp_path, width, height):
+    """`predict` centre-crops an image of any shape to a square (README): a picture whose middle third is
+    green and whose outer thirds are red and blue is the model input of a plain green square."""
+    from cifar_tl.checkpoints import model_input
+
+    green, third = (0, 200, 0), max(width, height) // 3
+    picture = Image.new("RGB", (width, height), green)
+    if width > height:
+        picture.paste((230, 0, 0), (0, 0, third, height))
+        picture.paste((0, 0, 230), (2 * third, 0, width, height))
+    else:
+        picture.paste((230, 0, 0), (0, 0, width, third))
+        picture.paste((0, 0, 230), (0, 2 * third, width, height))
+    picture.save(tmp_path / "banded.png")
+    info = {"image_size": 32, "source_image_size": 32, "mean": [0.5] * 3, "std": [0.25] * 3}
+    banded = model_input([read_image(tmp_path / "banded.png")], info)
+    plain = model_input([np.array(Image.new("RGB", (32, 32), green))], info)
+    assert banded.shape == plain.shape == (1, 3, 32, 32)
+    torch.testing.assert_close(banded[..., 2:-2, 2:-2], plain[..., 2:-2, 2:-2], atol=0.1, rtol=0)
+
+
 def test_prediction_preprocesses_as_training_did(trained, tiny_dataset):
     """A 32x32 image file gets exactly the logits that evaluation computed for the same pixels."""
     model, info = load_checkpoint(trained[0])
@@ -174,13 +216,8 @@ def bad_inputs(tmp_path, trained, images) -> dict:
     "text file as checkpoint", "torch file of a plain dict", "image that does not decode", "missing image",
     "missing app folder", "app folder without checkpoints",
 ])
-def test_bad_input_gets_one_line_and_exit_2(bad_inputs, case):
+def test_bad_input_gets_one_line_and_exit_2(bad_inputs, case, one_error_line):
     args, expected = bad_inputs[case]
-    done = cli(*args, timeout=120)
-    assert done.returncode == 2, (done.stdout, done.stderr)
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("cifar-tl: error: "), done.stderr
-    assert expected in lines[0] and "Traceback" not in done.stderr
-    assert done.stdout == ""
+    line = one_error_line(cli(*args), expected)
     if "checkpoint" in case and "app" not in case:
-        assert "--save-checkpoint" in lines[0]  # says how to make one
+        assert "--save-checkpoint" in line  # says how to make one

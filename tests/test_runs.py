@@ -1,22 +1,30 @@
-"""Runs: config checks, the record and its name, reading back instead of re-running, determinism."""
+"""Runs: config checks, the record and its name, reading back instead of re-running, determinism.
+
+Unless a test says otherwise its runs are pinned to the CPU in fp32 (`_config`, `_run`): exact equality of
+metrics is a promise of the CPU only (a GPU's cuDNN picks algorithms per run). The test of a complete record
+is about the precision and device a run resolves to: it runs on the default device, asks for
+`--precision` (default auto) and expects what `resolve_precision` makes of it, on this CPU and on one
+simulated with native bf16 (AVX-512 BF16).
+"""
 
 from __future__ import annotations
 
 import json
 import re
 import shutil
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
 import cifar_tl.runs as runs_module
+import cifar_tl.train as train_module
 from cifar_tl.data import balanced_subset, load_dataset, source_checksum
 from cifar_tl.errors import UserError
 from cifar_tl.files import cache_dir
 from cifar_tl.recipes import RECIPES
 from cifar_tl.runs import code_version, make_config, read_record, record_path, run, run_seeds
+from cifar_tl.train import pick_device, resolve_precision
 
 
 @pytest.fixture(autouse=True)
@@ -48,9 +56,16 @@ def _forbid_training(monkeypatch):
 
 
 def _config(data, recipe="linear_probe", backbone="simple_cnn", **overrides):
-    options = dict(per_class=5, val_per_class=5, seed=0, profile="smoke", image_size=32, epochs=2)
+    """A small smoke config, fp32 on the CPU unless `overrides` say otherwise."""
+    options = dict(per_class=5, val_per_class=5, seed=0, profile="smoke", image_size=32, epochs=2,
+                   precision="fp32", device="cpu")
     options.update(overrides)
     return make_config(recipe, backbone, data=str(data), **options)
+
+
+def _run(config, **options):
+    """`run` on the CPU, quietly."""
+    return run(config, progress=False, device="cpu", **options)
 
 
 def _without_volatile(record):
@@ -107,12 +122,32 @@ def test_make_config_rejects_negative_validation_count(tiny_dataset):
 # -- a run and its record ----------------------------------------------------------------------------------
 
 
+@pytest.fixture(params=["no native bf16", "native bf16"])
+def cpu_kind(request, monkeypatch, asked_precision):
+    """The CPU as `auto` sees it: without bf16 in hardware (an AVX2 CPU: auto means fp32) or with it
+    (AVX-512 BF16 or AMX: auto means bf16). Only its flags decide (`cpu_has_native_bf16`), so either is
+    simulated here on any CPU. An explicit --precision does not read them: one kind is enough then."""
+    if asked_precision != "auto" and request.param == "native bf16":
+        pytest.skip("only --precision auto reads the CPU's flags")
+    monkeypatch.setattr(train_module, "cpu_has_native_bf16", lambda *args: request.param == "native bf16")
+    return request.param
+
+
+@pytest.mark.precision
 @pytest.mark.parametrize(
     "recipe, backbone",
     [("linear_probe", "simple_cnn"), ("finetune_naive", "simple_cnn"), ("linear_probe", "efficientnet_lite0")],
 )
-def test_smoke_run_writes_a_complete_record(tiny_dataset, recipe, backbone, count_training):
-    config = _config(tiny_dataset, recipe, backbone)
+def test_smoke_run_writes_a_complete_record(tiny_dataset, recipe, backbone, count_training, cpu_kind,
+                                            asked_precision):
+    """A run as a user starts it: the default device (the GPU if there is one), `--precision` as asked
+    (default auto); the record says which device and which resolved precision ran."""
+    device = pick_device(None)
+    expected_precision = resolve_precision(asked_precision, device)
+    if device.type == "cpu" and asked_precision == "auto":  # what auto means on each kind of CPU
+        assert expected_precision == {"no native bf16": "fp32", "native bf16": "bf16"}[cpu_kind]
+    config = _config(tiny_dataset, recipe, backbone, precision=asked_precision, device=None)
+    assert config.precision == expected_precision
     path = record_path(config)
     assert re.fullmatch(rf"{recipe}-{backbone}-s0-[0-9a-f]{{12}}\.json", path.name)
     assert not path.exists()
@@ -126,7 +161,8 @@ def test_smoke_run_writes_a_complete_record(tiny_dataset, recipe, backbone, coun
     for key in ("config", "recipe", "data", "weights", "model", "metrics", "history", "timing", "machine"):
         assert key in record, key
     assert record["config"] == {**config.as_dict(), "data": "tiny-dataset"}  # portable: no machine's path
-    assert record["config"]["precision"] == record["timing"]["precision"] == "fp32"
+    assert record["config"]["precision"] == record["timing"]["precision"] == expected_precision
+    assert record["identity"]["config"]["precision"] == expected_precision
     assert record["identity"]["weights"] == record["weights"]["sha256"]
     assert record["recipe"]["name"] == recipe
     assert [s["epochs"] for s in record["recipe"]["stages"]] == [2]
@@ -176,7 +212,7 @@ def test_smoke_run_writes_a_complete_record(tiny_dataset, recipe, backbone, coun
     assert list(history[0]["lr"]) == trained
 
     timing = record["timing"]
-    assert timing["total_seconds"] > 0 and timing["eval_seconds"] >= 0 and timing["device"] == "cpu"
+    assert timing["total_seconds"] > 0 and timing["eval_seconds"] >= 0 and timing["device"] == str(device)
     if recipe == "linear_probe":
         assert timing["feature_seconds"] > 0
     else:
@@ -187,10 +223,12 @@ def test_smoke_run_writes_a_complete_record(tiny_dataset, recipe, backbone, coun
 
 
 def test_smoke_run_learns_the_tiny_task(tiny_dataset):
-    """The tiny dataset's classes differ in colour: fine-tuning must get them mostly right."""
+    """The tiny dataset's classes differ in colour: fine-tuning must get them mostly right. The thresholds
+    are those measured in fp32 on the CPU, so the run is pinned there (`_config`, `_run`)."""
     # the full profile: the smoke profile would cap the epochs at 2
     config = _config(tiny_dataset, "finetune_naive", profile="full", epochs=8, per_class=20)
-    record = run(config, progress=False)
+    assert config.precision == "fp32"
+    record = _run(config)
     assert [s["epochs"] for s in record["recipe"]["stages"]] == [8]
     assert record["metrics"]["test_images"] == 30 and record["metrics"]["test_limited"] is False
     assert record["metrics"]["test_accuracy"] >= 0.8
@@ -198,7 +236,7 @@ def test_smoke_run_learns_the_tiny_task(tiny_dataset):
 
 
 def test_test_limit_caps_and_says_so(tiny_dataset):
-    record = run(_config(tiny_dataset, test_limit=6), progress=False)
+    record = _run(_config(tiny_dataset, test_limit=6))
     metrics = record["metrics"]
     assert metrics["test_images"] == 6 and metrics["test_limited"] is True
     assert np.array(metrics["confusion_matrix"]).sum(1).tolist() == [2, 2, 2]
@@ -226,18 +264,18 @@ def test_record_name_is_stable_and_names_the_config(tiny_dataset, make_tar_gz, t
 
 def test_existing_record_is_read_back_without_training(tiny_dataset, monkeypatch):
     config = _config(tiny_dataset)
-    first = run(config, progress=False)
+    first = _run(config)
     _forbid_training(monkeypatch)
-    second = run(config, progress=False)
+    second = _run(config)
     assert second == first
     # the same arguments made again name the same record
-    assert run(_config(tiny_dataset), progress=False) == first
+    assert _run(_config(tiny_dataset)) == first
 
 
 def test_force_runs_again(tiny_dataset, count_training):
     config = _config(tiny_dataset)
-    first = run(config, progress=False)
-    second = run(config, force=True, progress=False)
+    first = _run(config)
+    second = _run(config, force=True)
     assert count_training == [1, 1]
     assert second["created"] >= first["created"]
     assert json.loads(record_path(config).read_text()) == second
@@ -245,13 +283,13 @@ def test_force_runs_again(tiny_dataset, count_training):
 
 def test_return_model_runs_and_returns_the_trained_model(tiny_dataset, count_training):
     config = _config(tiny_dataset)
-    first = run(config, progress=False)
-    record, model = run(config, progress=False, return_model=True)
+    first = _run(config)
+    record, model = _run(config, return_model=True)
     assert count_training == [1, 1]  # a record alone has no model: it trains once more ...
     assert model.name == "simple_cnn" and model.head.out_features == 3
     assert record["model"]["groups"] == model.group_names()
     assert json.loads(record_path(config).read_text()) == first  # ... without replacing the record
-    again, cached = run(config, progress=False, return_model=True)
+    again, cached = _run(config, return_model=True)
     assert count_training == [1, 1]  # the second time the model is read back from beside the record
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), cached.state_dict().values()))
 
@@ -259,8 +297,8 @@ def test_return_model_runs_and_returns_the_trained_model(tiny_dataset, count_tra
 @pytest.mark.parametrize("recipe", ["finetune_naive", "linear_probe"])
 def test_same_config_gives_identical_results_on_cpu(tiny_dataset, recipe):
     config = _config(tiny_dataset, recipe)
-    first = run(config, force=True, progress=False)
-    second = run(config, force=True, progress=False)
+    first = _run(config, force=True)
+    second = _run(config, force=True)
     assert first["metrics"] == second["metrics"]
     assert first["history"] == second["history"]
     assert _without_volatile(first) == _without_volatile(second)
@@ -278,7 +316,7 @@ def test_different_seeds_give_different_subsets(tiny_dataset):
 def test_a_damaged_or_stale_record_is_not_trusted(tiny_dataset, count_training, damage, capsys):
     config = _config(tiny_dataset)
     path = record_path(config)
-    first = run(config, progress=False)
+    first = _run(config)
     text = path.read_text()
     if damage == "truncated":
         path.write_text(text[: len(text) // 2])
@@ -287,7 +325,7 @@ def test_a_damaged_or_stale_record_is_not_trusted(tiny_dataset, count_training, 
     else:
         path.write_text(json.dumps({**first, "identity": {**first["identity"], "weights": "0" * 64}}))
     assert damage == "other identity" or read_record(path) is None
-    again = run(config, progress=False)
+    again = _run(config)
     assert count_training == [1, 1]
     assert "running again" in capsys.readouterr().err
     assert json.loads(path.read_text()) == again
@@ -296,38 +334,30 @@ def test_a_damaged_or_stale_record_is_not_trusted(tiny_dataset, count_training, 
 
 def test_no_temporary_files_are_left_behind(tiny_dataset):
     for seed in (0, 1):
-        run(_config(tiny_dataset, seed=seed), progress=False)
-    run(_config(tiny_dataset), force=True, progress=False)
+        _run(_config(tiny_dataset, seed=seed))
+    _run(_config(tiny_dataset), force=True)
     runs_dir = cache_dir("runs")
     assert len(list(runs_dir.glob("*.json"))) == 2
     leftovers = [p.name for p in cache_dir().rglob("*") if p.name.startswith(".tmp-")]
     assert leftovers == []
 
 
-def test_an_interrupted_write_keeps_the_old_record(tiny_dataset, monkeypatch):
-    import cifar_tl.files as files_module
-
+def test_an_interrupted_write_keeps_the_old_record(tiny_dataset, interrupted_writes):
+    """Ctrl-C while the new record is being written, with half of its bytes already on disk: the old record
+    is still there, whole, and no temporary file is left. (A record written straight to its name would be
+    left half-written here.)"""
     config = _config(tiny_dataset)
-    first = run(config, progress=False)
+    first = _run(config)
     path = record_path(config)
-    real_write_json = files_module.write_json
-
-    def interrupted_write_json(target, obj):
-        def interrupt(*args, **kwargs):
-            raise KeyboardInterrupt
-
-        # only now, inside the write: record_path also uses files.json to hash the config
-        monkeypatch.setattr(files_module, "json", SimpleNamespace(dumps=interrupt))
-        real_write_json(target, obj)
-
-    monkeypatch.setattr(runs_module, "write_json", interrupted_write_json)
+    interrupted_writes.arm(path.parent, suffix=".json")
     with pytest.raises(KeyboardInterrupt):
-        run(config, force=True, progress=False)
-    monkeypatch.undo()
+        _run(config, force=True)
+    assert interrupted_writes.fired, "the record was not written through open()/pathlib: the test proved nothing"
+    assert interrupted_writes.hit.parent == path.parent
     assert json.loads(path.read_text()) == first
     assert not [p for p in path.parent.iterdir() if p.name.startswith(".tmp-")]
 
 
 def test_zero_validation_images_is_refused_clearly(tiny_dataset):
     with pytest.raises(UserError, match="--val-per-class must be a positive whole number"):
-        run(_config(tiny_dataset, val_per_class=0), progress=False)
+        _run(_config(tiny_dataset, val_per_class=0))

@@ -15,7 +15,8 @@ import cifar_tl.runs as runs_module
 from cifar_tl import augment, self_training
 from cifar_tl.data import balanced_subset
 from cifar_tl.recipes import PROFILES, RECIPES, Recipe, SelfTraining, Stage, as_run
-from cifar_tl.runs import committed_records, current_recipe, make_config, recipe_definition, run, stale_reason
+from cifar_tl.runs import (RunConfig, committed_records, current_recipe, identity, make_config, recipe_definition,
+                           record_name, run, stale_reason)
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
@@ -81,10 +82,32 @@ def test_the_pool_is_the_rest_of_the_training_split_and_takes_no_labels():
     part = self_training.pool_indices(10, labelled, validation, 3, seed=0)
     assert len(part) == 3 and set(part) <= set(everything) and list(part) == sorted(part)
     assert part.tolist() == self_training.pool_indices(10, labelled, validation, 3, seed=0).tolist()
-    assert "label" not in " ".join(inspect.signature(self_training.pool_indices).parameters).replace("labelled", "")
-    # the loop's own arguments: images of the pool, and no labels of it
-    loop = inspect.signature(self_training.self_train).parameters
-    assert "pool_images" in loop and not [name for name in loop if "pool" in name and "label" in name]
+
+
+def test_the_loop_is_handed_the_pools_images_and_only_the_subsets_labels(tiny_dataset, monkeypatch):
+    """What a run really passes to the self-training loop (spied on, not read from parameter names): the pool
+    is every training image outside the labelled and validation subsets, as images; the only labels handed
+    over are those of the labelled and validation subsets."""
+    name = _register(monkeypatch, rounds=1)
+    handed = {}
+    real_self_train = self_training.self_train
+
+    def spy(*args, **kwargs):
+        handed.update(inspect.signature(real_self_train).bind(*args, **kwargs).arguments)
+        return real_self_train(*args, **kwargs)
+
+    monkeypatch.setattr(self_training, "self_train", spy)
+    record = run(_config(tiny_dataset, name), progress=False, device="cpu")
+    dataset = runs_module._dataset(str(tiny_dataset), False)
+    train_idx, val_idx = np.array(record["data"]["train_indices"]), np.array(record["data"]["val_indices"])
+    pool = np.setdiff1d(np.arange(len(dataset.train_labels)), np.concatenate([train_idx, val_idx]))
+    assert len(pool) == 60
+    assert torch.equal(handed["pool_images"], torch.from_numpy(dataset.train_images[pool]))
+    assert torch.equal(handed["y_train"], torch.from_numpy(dataset.train_labels[train_idx]))
+    assert torch.equal(handed["y_val"], torch.from_numpy(dataset.train_labels[val_idx]))
+    integer_tensors = [k for k, v in handed.items() if isinstance(v, torch.Tensor) and not v.is_floating_point()
+                       and v.dtype != torch.uint8]
+    assert sorted(integer_tensors) == ["y_train", "y_val"], integer_tensors  # no other labels reach the loop
 
 
 def test_selection_keeps_the_most_confident_of_each_class_above_the_threshold():
@@ -127,10 +150,15 @@ def test_recipes_without_self_training_keep_their_definition(tiny_dataset):
             assert "self_training" not in recipe.as_dict(), name
     definition = recipe_definition(current_recipe(make_config("full", "simple_cnn", data=str(tiny_dataset))))
     assert "self_training" not in definition
-    assert "self_training" not in recipe_definition({"stages": [], "self_training": None})
-    for path, record in committed_records():  # the committed records are still current
+    found = committed_records()
+    assert found
+    for path, record in found:  # today's code gives every committed record the identity and name it has
+        ident = record["identity"]
+        assert "self_training" not in ident["recipe"], path
+        config = RunConfig(**{**ident["config"], "data": ""})
+        assert identity(config, ident["data"], ident["weights"]) == ident, path
+        assert record_name(identity(config, ident["data"], ident["weights"])) == record["name"] == path.stem
         assert stale_reason(record) is None, path
-        assert "self_training" not in record["identity"]["recipe"], path
 
 
 # -- runs ----------------------------------------------------------------------------------------------------------
@@ -147,8 +175,9 @@ def _register(monkeypatch, name="st_test", **settings) -> str:
 
 
 def _config(data, recipe, seed=0):
+    """fp32 on the CPU: where the same config gives the same numbers (the test below compares two runs)."""
     return make_config(recipe, "simple_cnn", per_class=5, val_per_class=5, seed=seed, profile="smoke", image_size=32,
-                       data=str(data))
+                       data=str(data), precision="fp32", device="cpu")
 
 
 def test_a_smoke_self_training_run_records_how_it_used_the_unlabelled_images(tiny_dataset, monkeypatch):
@@ -194,7 +223,7 @@ def test_pool_labels_never_reach_the_loop(tiny_dataset, monkeypatch):
     training, the model and its test results are identical; only the reader-facing diagnostics differ."""
     name = _register(monkeypatch, rounds=1)
     config = _config(tiny_dataset, name)
-    first = run(config, progress=False)
+    first = run(config, progress=False, device="cpu")
 
     dataset = runs_module._dataset(config.data, False)
     labels = dataset.train_labels
@@ -204,7 +233,7 @@ def test_pool_labels_never_reach_the_loop(tiny_dataset, monkeypatch):
     monkeypatch.setattr(runs_module, "balanced_subset", lambda *args, **kwargs: subset)  # the same labelled subset
     try:
         labels[pool] = (original + 1) % len(dataset.classes)  # every pool label wrong
-        second = run(config, force=True, progress=False)
+        second = run(config, force=True, progress=False, device="cpu")
     finally:
         labels[pool] = original
     assert second["history"] == first["history"]
@@ -219,10 +248,9 @@ def test_pool_labels_never_reach_the_loop(tiny_dataset, monkeypatch):
 
 
 @pytest.mark.slow
-def test_chapter_13_executes_in_the_smoke_profile(jpeg_archive, tmp_path):
-    from cifar_tl.chapters import find_chapter, run_chapter
-
-    out = run_chapter(find_chapter("13"), tmp_path, {"profile": "smoke", "data": str(jpeg_archive)}, progress=False)
+def test_chapter_13_executes_in_the_smoke_profile(built_book):
+    """Read from the session's smoke book (which executes every chapter once), not executed a second time."""
+    out = built_book / "source" / "notebooks" / "13-unlabelled.ipynb"
     cells = json.loads(out.read_text())["cells"]
     outputs = [o for c in cells if c["cell_type"] == "code" for o in c.get("outputs", [])]
     assert not [o for o in outputs if o["output_type"] == "error"]

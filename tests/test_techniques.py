@@ -98,15 +98,36 @@ def test_staged_unfreezing_keeps_frozen_groups_still_until_their_stage():
 
 
 def test_ema_weights_are_the_moving_average_not_the_last_step():
+    """The trained model's weights are the exponential moving average of the weights after every optimizer
+    step, with the warm-up of `ema_decay_at` (the first step copied), computed here from the steps
+    themselves; without EMA they are the last step's. On the CPU in fp32."""
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
     x, y = _tiny_data()
-    results = {}
     for decay in (0.0, 0.9):
         torch.manual_seed(0)
         model = create_model("simple_cnn", 2)
         recipe = Recipe("ema", "", (Stage(epochs=2, lr=1e-2, train="all"),), batch_size=8, ema_decay=decay)
-        train(model, recipe, recipe.stages, x, y, x[:8], y[:8], 16, torch.device("cpu"), 0, progress=False)
-        results[decay] = {n: p.detach().clone() for n, p in model.named_parameters()}
-    assert any(not torch.equal(results[0.0][n], results[0.9][n]) for n in results[0.0])
+        steps = []  # every parameter after every optimizer step, as the average sees it
+        hook = register_optimizer_step_post_hook(
+            lambda *_: steps.append({n: p.detach().clone() for n, p in model.named_parameters()}))
+        try:
+            train(model, recipe, recipe.stages, x, y, x[:8], y[:8], 16, torch.device("cpu"), 0, progress=False,
+                  precision="fp32")
+        finally:
+            hook.remove()
+        assert len(steps) == 2 * (32 // 8)
+        final = dict(model.named_parameters())
+        if decay == 0:
+            assert all(torch.equal(final[n], steps[-1][n]) for n in final)
+            continue
+        average = dict(steps[0])
+        for t, weights in enumerate(steps[1:], start=1):
+            d = min(decay, (1 + t) / (10 + t))  # the documented warm-up: 2/11 at the second step, then rising
+            average = {n: d * average[n] + (1 - d) * w for n, w in weights.items()}
+        for n in final:
+            torch.testing.assert_close(final[n].detach(), average[n], rtol=1e-5, atol=1e-6, msg=n)
+        assert any(not torch.equal(final[n], steps[-1][n]) for n in final)  # not the last step
 
 
 def test_ema_warms_up_then_holds_its_decay():
@@ -136,5 +157,6 @@ def test_the_ladder_changes_one_thing_at_a_time():
     for a, b in steps:
         before, after = a.name, b.name
         changed = [k for k in ("weight_decay", "label_smoothing", "augment", "mixup_alpha", "cutmix_alpha",
-                               "tta", "ema_decay", "batch_size", "self_training") if getattr(a, k) != getattr(b, k)]
+                               "tta", "ema_decay", "batch_size", "self_training", "consistency")
+                   if getattr(a, k) != getattr(b, k)]
         assert len(changed) <= 2 and (changed or a.stages != b.stages), (before, after, changed)
