@@ -18,12 +18,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .checkpoints import load_checkpoint, predict_arrays
-from .errors import UserError
+from .checkpoints import HOW_TO_MAKE, MAX_IMAGE_PIXELS, load_checkpoint, predict_arrays, read_image
+from .errors import UserError, format_bytes
 
 EXAMPLE_DISPLAY_SIZE = 128
 MAX_EXAMPLES = 10
 TOP_K = 3
+# The largest upload the server takes (Gradio refuses a bigger one before it is written to disk); a photo
+# from any camera is well below it.
+MAX_UPLOAD_BYTES = 20_000_000
 
 
 def _gradio():
@@ -49,10 +52,44 @@ def checkpoint_files(checkpoint_dir: str | os.PathLike) -> list[Path]:
     how = "train one with `cifar-tl train ... --save-checkpoint DIR/NAME.pt`"
     if not folder.is_dir():
         raise UserError(f"checkpoint folder {checkpoint_dir} does not exist; pass --checkpoints DIR; {how}")
-    files = sorted(p for p in folder.glob("*.pt") if p.is_file())
+    files = sorted(folder.glob("*.pt"))  # a *.pt that is not a file is named when it fails to load
     if not files:
         raise UserError(f"checkpoint folder {checkpoint_dir} holds no *.pt checkpoint; {how}")
     return files
+
+
+def load_checkpoints(files: list[Path]) -> tuple[list[tuple], list[tuple[Path, str]]]:
+    """Load each checkpoint file: the (model, info) of those that load, and (file, why) for each that does not
+    (unreadable, not a checkpoint, a pickle that would run code), each named on stderr. None loading is a
+    `UserError` that names them all."""
+    models, skipped = [], []
+    for path in files:
+        try:
+            models.append(load_checkpoint(path))
+        except UserError as exc:
+            skipped.append((path, getattr(exc, "why", None) or str(exc)))
+            print(f"cifar-tl: the app skips {path.name}: {exc}", file=sys.stderr)
+    if not models:
+        raise UserError(f"none of the {len(files)} checkpoint(s) in {files[0].parent} could be loaded: "
+                        + "; ".join(f"{path.name} ({why})" for path, why in skipped)
+                        + f"; {HOW_TO_MAKE}")
+    return models, skipped
+
+
+def upload_pixels(payload, max_bytes: int = MAX_UPLOAD_BYTES, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """The uint8 RGB pixels of an image the page sent (Gradio's file data: a dict with the server-side `path` of
+    the upload and its `orig_name`). Anything that is not an image of at most `max_bytes` and `max_pixels` is a
+    `UserError` whose message the page shows."""
+    if payload is None:
+        raise UserError("upload an image or click an example first")
+    if not isinstance(payload, dict) or not payload.get("path"):
+        raise UserError("the page sent no image file; upload an image or click an example")
+    path = Path(payload["path"])
+    name = Path(str(payload.get("orig_name") or path.name)).name
+    if path.is_file() and path.stat().st_size > max_bytes:
+        raise UserError(f"image {name} is {format_bytes(path.stat().st_size)}; the app takes images up to "
+                        f"{format_bytes(max_bytes)}")
+    return read_image(path, name=name, max_pixels=max_pixels)
 
 
 def _synthetic_examples(count: int = 4) -> list[tuple[str, np.ndarray]]:
@@ -153,7 +190,7 @@ def build_app(checkpoint_dir: str | os.PathLike):
     """The Gradio Blocks of the demo for every checkpoint in `checkpoint_dir` (launch it with
     `theme=offline_theme()`, as `launch` does, so that it loads no fonts from the internet)."""
     files = checkpoint_files(checkpoint_dir)
-    models = [load_checkpoint(path) for path in files]
+    models, skipped = load_checkpoints(files)
     gr = _gradio()
 
     example_dir = Path(tempfile.mkdtemp(prefix="cifar-tl-app-"))
@@ -168,18 +205,23 @@ def build_app(checkpoint_dir: str | os.PathLike):
                           "to it for real test images), click one: ")
     examples_label += ", ".join(example_captions)
 
-    def classify(image):
-        if image is None:
-            raise gr.Error("Upload an image or click an example first.")
-        pixels = np.asarray(image, dtype=np.uint8)
-        if pixels.ndim == 2:
-            pixels = np.stack([pixels] * 3, axis=-1)
-        pixels = np.ascontiguousarray(pixels[..., :3])
-        outputs = []
-        for model, info in models:
-            top = predict_arrays(model, info, [pixels], TOP_K)[0]
-            outputs.append({p["label"]: p["probability"] for p in top})
-        return outputs if len(outputs) > 1 else outputs[0]
+    def classify(payload):
+        """The status line and every model's top classes. The image arrives as the uploaded file (the event
+        does not preprocess it), so that whatever was uploaded, classify decodes it and says what is wrong
+        with it in the page; the server goes on serving."""
+        try:
+            pixels = upload_pixels(payload)
+            outputs = []
+            for model, info in models:
+                top = predict_arrays(model, info, [pixels], TOP_K)[0]
+                outputs.append({p["label"]: p["probability"] for p in top})
+        except UserError as exc:
+            return [f"**Could not classify:** {exc}", *[None] * len(models)]
+        except Exception as exc:  # noqa: BLE001 - a page must get an answer, whatever the image did
+            print(f"cifar-tl: the app could not classify an upload: {exc.__class__.__name__}: {exc}", file=sys.stderr)
+            return [f"**Could not classify:** the image could not be processed ({exc.__class__.__name__}); "
+                    "try another image", *[None] * len(models)]
+        return ["", *outputs]
 
     data_names = sorted({str((info["record"] or {}).get("data_name")) for _, info in models})
     with gr.Blocks(title="cifar-tl: every model, side by side") as demo:
@@ -187,12 +229,15 @@ def build_app(checkpoint_dir: str | os.PathLike):
             f"# cifar-tl: every model, side by side\n"
             f"{len(models)} checkpoint(s) from `{checkpoint_dir}`, trained on {', '.join(data_names)}. "
             "Click an example or upload an image, then classify it with every model."
+            + "".join(f"\n\n**Skipped** `{path.name}`: {why}" for path, why in skipped),
+            elem_id="summary",
         )
         with gr.Row():
             with gr.Column(scale=1):
-                image = gr.Image(type="numpy", image_mode="RGB", sources=["upload", "clipboard"], format="png",
+                image = gr.Image(type="filepath", image_mode="RGB", sources=["upload", "clipboard"], format="png",
                                  label="Image", height=260, elem_id="input-image")
                 button = gr.Button("Classify with every model", variant="primary", elem_id="classify")
+                status = gr.Markdown("", elem_id="status")
                 truth = gr.Markdown("", elem_id="true-label")
                 shown = gr.Examples(examples=[[p] for p in example_paths], inputs=image, label=examples_label,
                                     elem_id="examples")
@@ -206,27 +251,36 @@ def build_app(checkpoint_dir: str | os.PathLike):
         gr.Markdown("## Benchmark\nTest accuracy and test images are from each checkpoint's run record.")
         gr.Dataframe(value=_benchmark_rows(models), headers=BENCHMARK_HEADERS, interactive=False,
                      elem_id="benchmark")
-        button.click(classify, inputs=image, outputs=labels, api_name="classify")
+        button.click(classify, inputs=image, outputs=[status, *labels], api_name="classify", preprocess=False)
 
-        def true_label(event) -> str:
+        def true_label(event) -> tuple[str, str]:  # the example's label, and no status left from before
             caption = example_captions[event.index]
-            return f"**True label:** {caption}" if examples_from else f"**Example:** {caption} (a drawn shape)"
+            return (f"**True label:** {caption}" if examples_from else f"**Example:** {caption} (a drawn shape)"), ""
 
         # Gradio passes the clicked example's index to a parameter typed gr.SelectData; set as an object, since
         # this module's annotations are strings and `gr` is not a module-level name that Gradio could resolve.
         true_label.__annotations__["event"] = gr.SelectData
-        shown.dataset.select(true_label, inputs=None, outputs=truth)
-        image.upload(lambda: "", inputs=None, outputs=truth)  # the user's own image: no label is known
+        shown.dataset.select(true_label, inputs=None, outputs=[truth, status])
+        # The user's own image: no label is known, and no earlier message applies. Cleared in the page itself (no
+        # round trip to the server), so that it cannot arrive after the answer to a Classify clicked at once.
+        image.upload(None, inputs=None, outputs=[truth, status], js="() => ['', '']", show_progress="hidden",
+                     queue=False)
     demo.example_dir = example_dir
     return demo
+
+
+def launch_options(demo, host: str = "127.0.0.1", port: int = 7860) -> dict:
+    """How `launch` serves `demo` (`demo.launch(**launch_options(...))`): on `host` only, offline, its
+    examples' folder readable, uploads above MAX_UPLOAD_BYTES refused."""
+    return dict(server_name=host, server_port=port, share=False, inbrowser=False, theme=offline_theme(),
+                ssr_mode=False, allowed_paths=[str(demo.example_dir)], max_file_size=MAX_UPLOAD_BYTES)
 
 
 def launch(checkpoint_dir: str | os.PathLike, host: str = "127.0.0.1", port: int = 7860) -> None:
     """Build the app and serve it until interrupted (no share link, no browser opened)."""
     demo = build_app(checkpoint_dir)
     try:
-        demo.launch(server_name=host, server_port=port, share=False, inbrowser=False, theme=offline_theme(),
-                    ssr_mode=False, allowed_paths=[str(demo.example_dir)])
+        demo.launch(**launch_options(demo, host, port))
     except OSError as exc:  # the port is taken, or the address is not this machine's
         reason = str(exc).split(". ")[0].strip() or exc.__class__.__name__
         raise UserError(f"the app could not listen on {host}:{port} ({reason}); the port may be taken: "

@@ -11,7 +11,8 @@ import inspect
 import textwrap
 from dataclasses import dataclass
 
-from .recipes import Profile, get_profile
+from .data import MAX_SEED
+from .recipes import PROFILES, Profile, get_profile
 
 # Backends that draw into a file or a buffer and never show anything in a notebook. MPLBACKEND=Agg, common on
 # headless servers and CI machines, selects one of them even inside a Jupyter kernel.
@@ -59,25 +60,77 @@ def setup(profile: str = "auto", seeds=None, backbone: str = "efficientnet_lite0
           ) -> ChapterContext:
     """The first call of every chapter, with its papermill parameters.
 
-    Resolves `profile="auto"` (the library's default for this machine) and `seeds=None` (the profile's
-    subsets), checks the backbone name, and makes the notebook keep its figures even under MPLBACKEND=Agg.
+    Checks every parameter (`check_parameter`), resolves `profile="auto"` (the library's default for this
+    machine) and `seeds=None` (the profile's subsets), and makes the notebook keep its figures even under
+    MPLBACKEND=Agg.
     """
-    from .backbones import check_backbone
     from .chapters import default_profile
-    from .errors import UserError
 
     keep_figures()
+    # Every parameter is checked here, in the chapter's first code cell, so that a wrong type or value stops the
+    # chapter at once with one line, never cells later inside a run.
+    for name, value in (("profile", profile), ("seeds", seeds), ("backbone", backbone), ("data", data)):
+        check_parameter(name, value)
     chosen = default_profile() if profile == "auto" else profile
-    settings = get_profile(chosen)  # an unknown name: one clear line listing the profiles
     if seeds is None:
-        seeds = list(settings.seeds)
-    elif isinstance(seeds, int) and not isinstance(seeds, bool):
+        seeds = list(get_profile(chosen).seeds)
+    elif isinstance(seeds, int):
         seeds = [seeds]
-    if not (isinstance(seeds, (list, tuple)) and seeds
-            and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)):
-        raise UserError(f"parameter seeds takes a list of whole numbers such as [0, 1, 2] or None; got {seeds!r}")
-    check_backbone(backbone)
     return ChapterContext(backbone=backbone, profile=chosen, seeds=list(seeds), data=data)
+
+
+def check_parameter(name: str, value) -> None:
+    """Check one of the parameters every chapter has (profile, seeds, backbone, data; others pass): a wrong type
+    or value is a `UserError` in one line. `setup` checks them in a chapter's first code cell, `cifar-tl run`
+    before it starts a kernel."""
+    from .backbones import check_backbone
+    from .errors import UserError
+
+    if name == "profile":
+        if not isinstance(value, str):
+            raise UserError(f"parameter profile takes \"auto\" or a profile name ({', '.join(PROFILES)}); "
+                            f"got {value!r}")
+        if value != "auto" and not get_profile(value).reads_test:  # an unknown name: one line listing the profiles
+            raise UserError(f"parameter profile: {value!r} never reads the test split, which every chapter shows; "
+                            "use smoke or full (pilots are run with `cifar-tl train --profile pilot`)")
+    elif name == "seeds" and value is not None:
+        seeds = [value] if isinstance(value, int) and not isinstance(value, bool) else value
+        if not (isinstance(seeds, (list, tuple)) and seeds
+                and all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= MAX_SEED for s in seeds)):
+            raise UserError(f"parameter seeds takes a list of whole numbers from 0 to {MAX_SEED} such as [0, 1, 2], "
+                            f"or None; got {value!r}")
+        if len(set(seeds)) < len(seeds):
+            raise UserError(f"parameter seeds repeats a subset ({value!r}): each seed draws one subset, and a mean "
+                            "over subsets counts each once")
+    elif name == "backbone":
+        if not isinstance(value, str):
+            raise UserError(f"parameter backbone takes a backbone's name such as \"efficientnet_lite0\"; "
+                            f"got {value!r}")
+        check_backbone(value)
+    elif name == "data":
+        _check_data(value)
+
+
+def _check_data(data) -> None:
+    """`data` is None, the name of torchvision's CIFAR-10, or a class-folder directory or archive that exists
+    (unless the chapter renders from records only, and reads no data)."""
+    import os
+
+    from .data import _check_path, _is_torchvision, resolve_source
+    from .errors import UserError
+    from .runs import render_only
+
+    if data is not None and not isinstance(data, (str, os.PathLike)):
+        raise UserError(f"parameter data takes a path to a class-folder directory or .tar.gz, \"cifar10\", or None; "
+                        f"got {data!r}")
+    source = resolve_source(data)
+    if render_only() or _is_torchvision(source):
+        return
+    given = f"parameter data ({data!r})" if data not in (None, "") else "CIFAR_TL_DATA"
+    try:
+        _check_path(source)
+    except UserError as exc:
+        raise UserError(f"{given}: {exc}") from None
 
 
 def prose(text: str, **values) -> None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -20,7 +22,7 @@ from .augment import prepare
 from .backbones import BACKBONES, Classifier, create_model
 from .data import square_crop
 from .errors import UserError
-from .files import atomic_path
+from .files import save_torch
 
 FORMAT = "cifar-tl-checkpoint"
 VERSION = 1
@@ -55,14 +57,25 @@ def save_checkpoint(path: str | os.PathLike, model: Classifier, classes, image_s
             "data_checksum": data.get("checksum"),
         },
     }
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-    return path
+    return save_torch(path, payload)  # atomic; a full disk is one line naming the file and its size
 
 
-def _not_a_checkpoint(path: Path, why: str) -> UserError:
-    return UserError(f"{path} is not a cifar-tl checkpoint ({why}); {HOW_TO_MAKE}")
+class NotACheckpoint(UserError):
+    """A file that is not a checkpoint this cifar-tl can load; `why` says what is wrong with it, in a few words."""
+
+    def __init__(self, path: Path, why: str):
+        self.path, self.why = path, why
+        super().__init__(f"{path} is not a cifar-tl checkpoint ({why}); {HOW_TO_MAKE}")
+
+
+def _not_a_checkpoint(path: Path, why: str) -> NotACheckpoint:
+    return NotACheckpoint(path, why)
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, without terminal colour codes, at most 200 characters."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
+    return (text.splitlines()[0] if text else exc.__class__.__name__)[:200]
 
 
 def _is_torch_file(path: Path) -> bool:
@@ -85,12 +98,16 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[Classifier, dict]:
             raise _not_a_checkpoint(path, "not a PyTorch file")
         # weights_only: the payload is plain containers, strings, numbers and tensors, so nothing
         # in a checkpoint needs (or may run) arbitrary unpickling.
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns of pickle protocols it did not write: a hostile file's
+            warnings.simplefilter("ignore", UserWarning)
+            payload = torch.load(path, map_location="cpu", weights_only=True)
     except UserError:
         raise
     except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as exc:
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-        raise _not_a_checkpoint(path, f"PyTorch cannot read it: {message[:200]}") from exc
+        if "Weights only load failed" in str(exc):  # its pickle names functions or classes: code, not weights
+            raise _not_a_checkpoint(path, "it asks to run code or build objects that a checkpoint never holds; "
+                                          "refused without running any of it") from exc
+        raise _not_a_checkpoint(path, f"PyTorch cannot read it: {_first_line(exc)}") from exc
     if not isinstance(payload, dict):
         raise _not_a_checkpoint(path, f"it holds a {type(payload).__name__}, not a checkpoint's dict")
     if payload.get("format") != FORMAT:
@@ -112,7 +129,7 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[Classifier, dict]:
     try:
         model.load_state_dict(payload["state_dict"], strict=True)
     except (RuntimeError, TypeError, AttributeError) as exc:
-        raise _not_a_checkpoint(path, f"its weights do not fit {backbone}: {str(exc).strip().splitlines()[0][:200]}") from exc
+        raise _not_a_checkpoint(path, f"its weights do not fit {backbone}: {_first_line(exc)}") from exc
     model.eval()
     info = {key: value for key, value in payload.items() if key != "state_dict"}
     info["source_image_size"] = int(payload.get("source_image_size") or size)
@@ -122,19 +139,46 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[Classifier, dict]:
     return model, info
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """An image file of any size and format Pillow reads, as uint8 RGB (H, W, 3)."""
+# The most pixels an image may have (checked in its header, before it is decoded): 64 megapixels, more than
+# any camera's photo, and about 200 MB once decoded. Beyond it, a file is refused rather than decoded.
+MAX_IMAGE_PIXELS = 64_000_000
+
+
+def _too_many_pixels(name: str, claimed: str, max_pixels: int) -> UserError:
+    return UserError(f"image {name} claims {claimed} pixels, more than the {max_pixels / 1e6:.0f} megapixels this "
+                     "program decodes; give a smaller image")
+
+
+def read_image(path: str | os.PathLike, name: str | None = None, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """An image file of any size and format Pillow reads, as uint8 RGB (H, W, 3). Anything else (no such file,
+    an empty file, not an image, cut short, more than `max_pixels` pixels) is a `UserError` that calls the
+    file `name` (default: its path)."""
     path = Path(path)
+    name = name or str(path)
     if not path.exists():
-        raise UserError(f"image {path} does not exist")
+        raise UserError(f"image {name} does not exist")
     if not path.is_file():
-        raise UserError(f"image {path} is not a file")
+        raise UserError(f"image {name} is not a file")
+    how = "give a JPEG, PNG or another format Pillow reads"
     try:
-        with Image.open(path) as image:
+        if path.stat().st_size == 0:
+            raise UserError(f"image {name} is empty (0 bytes); {how}")
+        with warnings.catch_warnings():  # Pillow warns of large images; the check below refuses them
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)  # reads the header only
+        with image:
+            width, height = image.size
+            if width * height > max_pixels:
+                raise _too_many_pixels(name, f"{width:,} x {height:,}", max_pixels)
             return np.array(ImageOps.exif_transpose(image).convert("RGB"), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise UserError(f"image {path} could not be read as an image ({exc.__class__.__name__}); "
-                        "give a JPEG, PNG or another format Pillow reads") from exc
+    except Image.DecompressionBombError as exc:  # Pillow refuses even to open it: far beyond max_pixels
+        claimed = re.search(r"\((\d+) pixels\)", str(exc))
+        raise _too_many_pixels(name, f"{int(claimed.group(1)):,}" if claimed else "too many", max_pixels) from exc
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        why = ("not an image Pillow knows" if isinstance(exc, UnidentifiedImageError)
+               else "permission denied" if isinstance(exc, PermissionError)
+               else f"cut short or damaged: {exc.__class__.__name__}")
+        raise UserError(f"image {name} could not be read as an image ({why}); {how}") from exc
 
 
 def model_input(images: list[np.ndarray], info: dict) -> torch.Tensor:

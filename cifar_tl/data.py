@@ -21,8 +21,8 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm.auto import tqdm
 
-from .errors import UserError
-from .files import atomic_path, cache_dir, sha256_file
+from .errors import DiskFullError, UserError
+from .files import atomic_path, cache_dir, free_bytes, is_disk_full, sha256_file
 
 TORCHVISION_SOURCE = "cifar10"
 # sha256 of ../shared/data/cifar10-jpeg.tar.gz: results from it must say it is a JPEG copy.
@@ -34,9 +34,13 @@ JPEG_COPY_NOTE = (
 )
 # torchvision checks this md5 of cifar-10-python.tar.gz after download.
 TORCHVISION_MD5 = "c58f30108f718f92721af3b95e74349a"
+# What torchvision's download takes on disk: the archive (170 MB) and what it unpacks (180 MB).
+TORCHVISION_BYTES = 350_000_000
 # Images of mixed sizes (a user's own photos) are stored as centre-cropped squares of this side.
 MIXED_STORE_SIZE = 224
 SPLIT_NAMES = ("train", "test", "val")
+# The largest subset seed: torch and NumPy take seeds of up to 64 bits, and self-training adds small numbers.
+MAX_SEED = 2**32 - 1
 
 
 @dataclass
@@ -60,6 +64,14 @@ def resolve_source(data: str | os.PathLike | None = None) -> str:
     chosen = str(data if data not in (None, "") else os.environ.get("CIFAR_TL_DATA") or TORCHVISION_SOURCE)
     # Absolute, so that a notebook running in notebooks/ finds a path given relative to the shell's folder.
     return chosen if _is_torchvision(chosen) else str(Path(chosen).expanduser().absolute())
+
+
+def check_source(data: str | os.PathLike | None = None) -> str:
+    """`resolve_source`, and a clear error now if it names a path that does not exist or is not a dataset."""
+    source = resolve_source(data)
+    if not _is_torchvision(source):
+        _check_path(source)
+    return source
 
 
 def portable_source(source: str) -> str:
@@ -91,10 +103,15 @@ def source_checksum(source: str) -> str:
     if path.is_file():
         return f"sha256:{sha256_file(path)}"
     # A directory: hash names, sizes and modification times rather than every byte of every photo.
+    # An empty folder counts too (a class folder added without images must not find the earlier arrays in the
+    # cache, but be refused); only empty ones, so that a folder's checksum is what it was without them.
     digest = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        stat = file.stat()
-        digest.update(f"{file.relative_to(path).as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    for entry in sorted(path.rglob("*")):
+        if entry.is_file():
+            stat = entry.stat()
+            digest.update(f"{entry.relative_to(path).as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        elif entry.is_dir() and not any(entry.iterdir()):
+            digest.update(f"{entry.relative_to(path).as_posix()}/\0empty\n".encode())
     return f"files-sha256:{digest.hexdigest()}"
 
 
@@ -111,7 +128,9 @@ def load_dataset(data: str | os.PathLike | None = None, progress: bool = True) -
         except Exception as exc:  # a cache from an older layout or a damaged disk: decode again
             print(f"cifar-tl: ignoring unreadable data cache {cache_file} ({exc}); decoding again", file=sys.stderr)
     dataset = _decode_class_folders(Path(source).expanduser(), progress)
-    with atomic_path(cache_file) as tmp:
+    arrays = (dataset.train_images, dataset.train_labels, dataset.test_images, dataset.test_labels)
+    # A full disk: one line naming the cache file and its size; the dataset is decoded again next time.
+    with atomic_path(cache_file, needed=sum(a.nbytes for a in arrays)) as tmp:
         with open(tmp, "wb") as f:
             np.savez(
                 f,
@@ -167,6 +186,8 @@ def _load_torchvision(progress: bool) -> ImageDataset:
         train = CIFAR10(root=str(root), train=True, download=True)
         test = CIFAR10(root=str(root), train=False, download=True)
     except (OSError, RuntimeError) as exc:  # URLError is an OSError
+        if is_disk_full(exc):
+            raise DiskFullError(root, needed=TORCHVISION_BYTES, free=free_bytes(root)) from exc
         raise UserError(
             f"could not download CIFAR-10 into {root} ({exc.__class__.__name__}: {exc}); offline, point "
             "--data or CIFAR_TL_DATA at a class-folder copy such as ../shared/data/cifar10-jpeg.tar.gz"
@@ -246,6 +267,10 @@ def _decode(data: bytes) -> np.ndarray | None:
 def square_crop(image: np.ndarray, size: int) -> np.ndarray:
     """Resize the shorter side to `size` and take the centre square (uint8 HWC in and out)."""
     pil = Image.fromarray(image)
+    short = min(pil.size)
+    if max(pil.size) > 4 * short:  # a sliver (say 1 x 60,000,000): keep its middle, or enlarging it fills memory
+        left, top = (pil.width - min(pil.width, 4 * short)) // 2, (pil.height - min(pil.height, 4 * short)) // 2
+        pil = pil.crop((left, top, left + min(pil.width, 4 * short), top + min(pil.height, 4 * short)))
     scale = size / min(pil.size)
     pil = pil.resize((max(size, round(pil.width * scale)), max(size, round(pil.height * scale))), Image.BICUBIC)
     left, top = (pil.width - size) // 2, (pil.height - size) // 2
