@@ -20,8 +20,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UserError
-from .files import atomic_path
+from .errors import DiskFullError, UserError
+from .files import atomic_path, free_bytes, full_disk_named
 
 ROOT = Path(__file__).resolve().parent.parent  # the checkout: notebooks/, book/, _config.yml
 BOOK_FILES = ("_config.yml", "_toc.yml", "book")
@@ -79,18 +79,11 @@ def chapter_parameters(chapter: Chapter) -> dict:
 
 
 def _check_known(name: str, value) -> None:
-    """Check the parameters every chapter shares, so that a bad value fails before a kernel starts."""
-    from .backbones import check_backbone
-    from .recipes import get_profile
+    """Check the parameters every chapter shares, so that a bad value fails before a kernel starts (with the
+    message the chapter's first cell, `chapter.setup`, would give)."""
+    from .chapter import check_parameter
 
-    if name == "backbone":
-        check_backbone(str(value))
-    elif name == "profile" and value != "auto":
-        get_profile(str(value))
-    elif name == "seeds" and value is not None:
-        if not (isinstance(value, (list, tuple)) and value
-                and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in value)):
-            raise UserError(f"parameter seeds takes a list of whole numbers such as [0, 1, 2] or None; got {value!r}")
+    check_parameter(name, value)
 
 
 def parse_parameters(chapter: Chapter, pairs: list[tuple[str, str]]) -> dict:
@@ -148,6 +141,11 @@ def _kernel_environment(render_only: bool = False):
         os.environ.update(saved)
 
 
+# papermill's default is 60 s; a kernel importing torch on a machine busy training (two cores, a campaign
+# beside the build) can take longer than that to start.
+KERNEL_START_SECONDS = 600
+
+
 def run_chapter(chapter: Chapter, out_dir: Path, parameters: dict, progress: bool = True,
                 render_only: bool = False) -> Path:
     """Execute `chapter` with papermill into `out_dir`; the output appears only if it succeeds.
@@ -169,6 +167,7 @@ def run_chapter(chapter: Chapter, out_dir: Path, parameters: dict, progress: boo
                 str(chapter.path), str(tmp), parameters=parameters, kernel_name="python3",
                 cwd=str(chapter.path.parent), progress_bar=progress, log_output=False,
                 kernel_manager_class=_local_kernel_manager(Path(sockets)),
+                start_timeout=KERNEL_START_SECONDS,
             )
         except PapermillExecutionError as exc:
             raise UserError(
@@ -241,12 +240,17 @@ def build_book(profile: str | None = None, progress: bool = True, root: Path = R
     staging = build / "source"
     if staging.exists():
         shutil.rmtree(staging)
-    staging.mkdir(parents=True)
-    for name in BOOK_FILES:
-        source = root / name
-        if not source.exists():
-            raise UserError(f"{source} is missing: run `cifar-tl book` from a full checkout of cifar-tl")
-        (shutil.copytree if source.is_dir() else shutil.copy2)(source, staging / name)
+    try:  # a full disk while copying: one line, and no half-copied staging folder left behind
+        with full_disk_named(staging):
+            staging.mkdir(parents=True)
+            for name in BOOK_FILES:
+                source = root / name
+                if not source.exists():
+                    raise UserError(f"{source} is missing: run `cifar-tl book` from a full checkout of cifar-tl")
+                (shutil.copytree if source.is_dir() else shutil.copy2)(source, staging / name)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     timings = {}
     all_chapters = chapters(root)
     if profile is None:
@@ -281,6 +285,9 @@ def build_book(profile: str | None = None, progress: bool = True, root: Path = R
     ]
     done = subprocess.run(command, env={**os.environ, "PYTHONWARNINGS": "ignore"}, capture_output=True, text=True)
     if done.returncode != 0:
+        if "No space left on device" in done.stdout + done.stderr:  # the pages half-written: not kept
+            shutil.rmtree(build / "book", ignore_errors=True)
+            raise DiskFullError(build / "book", free=free_bytes(build))
         sys.stderr.write(done.stdout[-4000:] + done.stderr[-4000:])
         raise UserError("the book did not build: Sphinx reported the warnings or errors above")
     if html.exists():

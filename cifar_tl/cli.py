@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 import time
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from .errors import UserError
@@ -22,6 +23,29 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(f"{message} (see `{self.prog} --help`)")
 
 
+def _clock_time(text: str) -> tuple[int, int]:
+    try:
+        hours, minutes = (int(part) for part in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a time of day as HH:MM") from None
+    if not (0 <= hours < 24 and 0 <= minutes < 60):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a time of day as HH:MM (00:00 to 23:59)")
+    return hours, minutes
+
+
+def deadline_from(minutes: int | None, until: tuple[int, int] | None, now: float | None = None) -> float | None:
+    """Seconds since the epoch: `minutes` from now, or the next time the clock reads `until` (today or tomorrow)."""
+    now = time.time() if now is None else now
+    if minutes is not None:
+        return now + 60 * minutes
+    if until is None:
+        return None
+    today = datetime.fromtimestamp(now).replace(hour=until[0], minute=until[1], second=0, microsecond=0)
+    if today.timestamp() <= now:
+        today += timedelta(days=1)
+    return today.timestamp()
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -29,6 +53,22 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _seed(text: str) -> int:
+    from .data import MAX_SEED
+
+    value = _non_negative_int(text)
+    if value > MAX_SEED:
+        raise argparse.ArgumentTypeError(f"a seed is at most {MAX_SEED}, got {value}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = _positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"a port is at most 65535, got {value}")
     return value
 
 
@@ -62,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--backbone", default="efficientnet_lite0", help=f"one of: {', '.join(BACKBONES)}")
     train.add_argument("--recipe", default="linear_probe", help=f"one of: {', '.join(RECIPES)}")
     train.add_argument("--per-class", type=_positive_int, default=100, help="labelled training images per class")
-    train.add_argument("--seed", type=_non_negative_int, default=0, help="which subset to draw")
+    train.add_argument("--seed", type=_seed, default=0, help="which subset to draw")
     train.add_argument("--profile", default="full", help=f"one of: {', '.join(PROFILES)} (default: full)")
     train.add_argument("--image-size", type=_positive_int, help="input side in pixels (default: the profile's)")
     train.add_argument("--epochs", type=_positive_int, help="epochs of every stage (default: the recipe's)")
@@ -110,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     app = commands.add_parser("app", help="the demo web app: every checkpoint in a folder, side by side")
     app.add_argument("--checkpoints", default="checkpoints", metavar="DIR",
                      help="folder of .pt checkpoints (default: ./checkpoints)")
-    app.add_argument("--port", type=_positive_int, default=7860, help="port to listen on (default: 7860)")
+    app.add_argument("--port", type=_port, default=7860, help="port to listen on (default: 7860)")
     app.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
 
     results = commands.add_parser("results", help="summarise run records: accuracy over subsets, paired differences")
@@ -129,6 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
     campaign.add_argument("--recipe", action="append", dest="recipes", metavar="RECIPE",
                           help="train only this recipe's missing runs (repeatable)")
     campaign.add_argument("--max-runs", type=_positive_int, help="stop after this many runs")
+    deadline = campaign.add_mutually_exclusive_group()
+    deadline.add_argument("--minutes", type=_positive_int,
+                          help="start no run that its measured timings say cannot finish within N minutes from now")
+    deadline.add_argument("--until", type=_clock_time, metavar="HH:MM",
+                          help="start no run that its measured timings say cannot finish by this time of day")
     shown = campaign.add_mutually_exclusive_group()
     shown.add_argument("--status", action="store_true", help="only print what is done, missing and stale")
     shown.add_argument("--commands", action="store_true",
@@ -170,8 +215,10 @@ def _train(args) -> None:
         sys.stdout.write("\n")
         return
     m = record["metrics"]
-    print(f"{record['name']}: test accuracy {m['test_accuracy']:.4f} on {m['test_images']} images, "
-          f"validation accuracy {m['val_accuracy']:.4f}, {record['timing']['total_seconds']:.0f} s")
+    tested = (f"test accuracy {m['test_accuracy']:.4f} on {m['test_images']} images" if m.get("test_read", True)
+              else "test split not read (pilot)")
+    print(f"{record['name']}: {tested}, validation accuracy {m['val_accuracy']:.4f}, "
+          f"{record['timing']['total_seconds']:.0f} s")
 
 
 def _run_chapter(args) -> None:
@@ -261,7 +308,8 @@ def _results(args) -> None:
 
 
 def _campaign(args) -> None:
-    from .campaign import book_runs, campaign_status, describe, machine_slug, run_campaign, train_command
+    from .campaign import (book_runs, campaign_order, campaign_status, describe, machine_slug, run_campaign,
+                           train_command)
     from .recipes import get_recipe
     from .runs import results_dirs
 
@@ -277,17 +325,20 @@ def _campaign(args) -> None:
         if not found:
             raise UserError("no results/ folder here: run from a checkout of cifar-tl, or pass --results DIR")
         results = found[0]
+    from .data import check_source
+
+    check_source(args.data)  # a missing path: one line now, before any run is claimed
     if args.status or args.commands:
         status = campaign_status(args.data)
         if args.commands:
-            for planned in status.missing:
+            for planned in campaign_order(status.missing, status, machine_slug()):
                 if not args.recipes or planned.recipe in args.recipes:
                     print(train_command(planned, results))
         else:
             print(describe(status, machine_slug()))
         return
     run_campaign(results, data=args.data, device=args.device, precision=args.precision, max_runs=args.max_runs,
-                 recipes=args.recipes)
+                 recipes=args.recipes, deadline=deadline_from(args.minutes, args.until))
 
 
 def _book(args) -> None:
@@ -306,6 +357,17 @@ def _book(args) -> None:
     html = build_book(args.profile, reuse=Path(args.reuse_smoke) if args.reuse_smoke else None,
                       build=Path(args.build_dir).absolute() if args.build_dir else None)
     print(f"cifar-tl: built {html / 'index.html'} in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+
+
+def _end_progress_bars() -> None:
+    """Close the progress bars an error cut short, so that the error's line starts a line of its own."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        try:
+            bar.close()
+        except Exception:  # noqa: BLE001 - a bar that cannot close must not hide the error
+            pass
 
 
 def _exit_on_sigterm(signum, frame):
@@ -344,13 +406,23 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         if debug:
             raise
+        _end_progress_bars()
         print(f"cifar-tl: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the machine failed under the program: a full disk, a folder it may not write
+        if debug:
+            raise
+        from .files import os_error_line
+
+        _end_progress_bars()
+        print(f"cifar-tl: error: {os_error_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         if debug:
             raise
-        print("cifar-tl: interrupted; nothing half-written was kept, run the same command again to resume",
-              file=sys.stderr)
+        _end_progress_bars()
+        print("cifar-tl: interrupted; nothing half-written was kept. Run the same command again: a training run "
+              "resumes from its last finished epoch", file=sys.stderr)
         return 130
 
 

@@ -94,6 +94,43 @@ class SelfTraining:
 
 
 @dataclass(frozen=True)
+class Consistency:
+    """FixMatch-style consistency training on the unlabelled pool (Sohn et al., 2020), after the recipe's own
+    stages have trained the model it starts from.
+
+    Each step takes a labelled batch (the recipe's augmentation and mixing, its label smoothing) and
+    `unlabelled_ratio` times as many pool images. The model's prediction on a weak view of each pool image
+    (no gradient) is its pseudo-label, kept where its confidence reaches `threshold`; a strong view of the
+    same image then learns that pseudo-label, the loss averaged over every pool image of the batch and
+    weighted by `weight`. An epoch is one pass over the labelled images. The recipe's other settings
+    (weight decay, batch size, EMA, test-time views) stay. Pool labels never reach the training.
+    """
+
+    stages: tuple[Stage, ...]  # the stages of the consistency training, which start from the model the recipe's own stages trained
+    pool_images: int | None = None  # unlabelled pool images drawn once with the run's seed; None: all
+    unlabelled_ratio: int = 7  # μ: unlabelled images per labelled image in a batch
+    threshold: float = 0.95  # the confidence a pseudo-label needs (1.0 keeps none)
+    weight: float = 1.0  # λ_u: the unlabelled loss's weight against the labelled one
+    weak: str = "crop_flip"  # the augmentation of the view that makes the pseudo-label
+    strong: str = "strong"  # the augmentation of the view that learns it
+
+    def __post_init__(self):
+        if not self.stages:
+            raise ValueError("consistency training needs at least one stage")
+        if self.pool_images is not None and self.pool_images < 1:
+            raise ValueError("consistency training's pool_images must be at least 1, or None")
+        if self.unlabelled_ratio < 1:
+            raise ValueError("consistency training's unlabelled_ratio must be at least 1")
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ValueError("consistency training's threshold is a probability, in [0, 1]")
+        if self.weight < 0:
+            raise ValueError("consistency training's weight must be at least 0")
+        for name in ("weak", "strong"):
+            if getattr(self, name) not in AUGMENTATIONS:
+                raise ValueError(f"consistency training's {name} must be one of {AUGMENTATIONS}")
+
+
+@dataclass(frozen=True)
 class Recipe:
     name: str
     description: str
@@ -105,11 +142,15 @@ class Recipe:
     mixup_alpha: float = 0.0  # MixUp with λ ~ Beta(α, α) when above 0
     cutmix_alpha: float = 0.0  # CutMix likewise; with both on, each batch uses one of them
     tta: str = "none"  # test-time augmentation: none, flip, flip_shift
+    # Also report accuracy with these test-time views (evaluation only: the same model, the same pass over the
+    # test images, its first view being the plain prediction); None: nothing more.
+    report_tta: str | None = None
     ema_decay: float = 0.0  # evaluate an exponential moving average of the weights when above 0
     image_size: int | None = None  # a fixed input size (the from-scratch CNN); None: the profile's
     builds_on: str | None = None  # the recipe this one changes (the technique chapters' ladder)
     chapter: str | None = None  # the chapter (notebook id) that introduces this recipe
     self_training: SelfTraining | None = None  # then train students on the unlabelled pool too
+    consistency: Consistency | None = None  # then consistency training (FixMatch) on the unlabelled pool too
     # Also fit scikit-learn's logistic regression on the frozen features the head trained on, with its
     # inverse regularisation C chosen on the validation split from these values (a head-only recipe only).
     sklearn_probe: tuple[float, ...] | None = None
@@ -117,24 +158,37 @@ class Recipe:
     def __post_init__(self):
         if self.augment not in AUGMENTATIONS:
             raise ValueError(f"augment must be one of {AUGMENTATIONS}")
+        if self.self_training is not None and self.consistency is not None:
+            raise ValueError("a recipe has self_training or consistency, not both: each is its own way of "
+                             "using the unlabelled pool")
         if self.tta not in TTA_MODES:
             raise ValueError(f"tta must be one of {TTA_MODES}")
+        if self.report_tta is not None and (self.report_tta not in TTA_MODES or self.report_tta == "none"
+                                            or self.tta != "none"):
+            raise ValueError(f"report_tta is one of {TTA_MODES[1:]}, for a recipe without test-time augmentation")
         if self.sklearn_probe is not None:
             if not self.sklearn_probe or any(c <= 0 for c in self.sklearn_probe):
                 raise ValueError("sklearn_probe takes one or more positive values of C")
-            if any(stage.train != "head" for stage in self.stages) or self.augment != "none" or self.tta != "none":
+            if (any(stage.train != "head" for stage in self.stages) or self.augment != "none" or self.tta != "none"
+                    or self.report_tta is not None):
                 raise ValueError("sklearn_probe needs a recipe that trains only the head, on unaugmented "
                                  "images, without test-time augmentation (the features must be fixed)")
 
     def as_dict(self) -> dict:
-        """The recipe as a dict. `self_training` and `sklearn_probe` appear only when the recipe has them
-        (as lists, as JSON reads them back): a recipe without them has the same dict, and so the same
+        """The recipe as a dict. `self_training`, `consistency`, `sklearn_probe` and `report_tta` appear only
+        when the recipe has them (as lists, as JSON reads them back): a recipe without them has the same dict, and so the same
         definition and record identity, as before the fields existed."""
         d = asdict(self)
+        if d["report_tta"] is None:
+            del d["report_tta"]
         if d["self_training"] is None:
             del d["self_training"]
         else:
             d["self_training"]["stages"] = list(d["self_training"]["stages"])
+        if d["consistency"] is None:
+            del d["consistency"]
+        else:
+            d["consistency"]["stages"] = list(d["consistency"]["stages"])
         if d["sklearn_probe"] is None:
             del d["sklearn_probe"]
         else:
@@ -163,20 +217,27 @@ def _ladder() -> list[Recipe]:
         "ft_cosine with a rate per layer group: x0.7 per group from the head (1e-3) down to the stem",
         stages=(replace(cosine.stages[0], lr_decay=0.7),),
     )
+    # The peak rate is the setting that matters most with little data, so it gets a rung of its own; the
+    # staged recipes of chapter 7 then keep it, and change only how the training is staged.
+    lower_lr = _step(
+        discriminative, "ft_lower_lr", "06-discriminative-lr",
+        "ft_discriminative with the head's peak rate cut from 1e-3 to 3e-4 (every group's rate with it)",
+        stages=(replace(discriminative.stages[0], lr=3e-4),),
+    )
     gradual = _step(
-        discriminative, "ft_gradual", "07-staged-unfreezing",
-        "ft_discriminative unfrozen in stages: the head for 3 epochs, then the top 4 groups for 4, "
-        "then everything for 8",
+        lower_lr, "ft_gradual", "07-staged-unfreezing",
+        "ft_lower_lr unfrozen in stages over the same 15 epochs: the head alone for 3 (at the linear probe's 1e-3), "
+        "then the top 4 groups for 4, then everything for 8 (both at ft_lower_lr's 3e-4, x0.7 per group)",
         stages=(Stage(epochs=3, lr=1e-3, train="head", schedule="cosine"),
-                Stage(epochs=4, lr=5e-4, train=4, lr_decay=0.7, schedule="cosine", warmup_epochs=0.5),
+                Stage(epochs=4, lr=3e-4, train=4, lr_decay=0.7, schedule="cosine", warmup_epochs=0.5),
                 Stage(epochs=8, lr=3e-4, train="all", lr_decay=0.7, schedule="cosine", warmup_epochs=0.5)),
     )
     lpft = _step(
-        discriminative, "ft_lpft", "07-staged-unfreezing",
-        "LP-FT: fit the linear head on frozen features (20 epochs), then fine-tune everything from it "
-        "(15 epochs, head 3e-4, x0.7 per group, warm-up and cosine)",
+        lower_lr, "ft_lpft", "07-staged-unfreezing",
+        "LP-FT: ft_lower_lr preceded by a linear probe, the head fitted on frozen features (20 epochs at 1e-3), "
+        "from which everything is fine-tuned exactly as ft_lower_lr does",
         stages=(Stage(epochs=20, lr=1e-3, train="head", schedule="cosine", augment=False),
-                Stage(epochs=15, lr=3e-4, train="all", lr_decay=0.7, schedule="cosine", warmup_epochs=1.0)),
+                lower_lr.stages[0]),
     )
     bn_frozen = _step(
         lpft, "ft_bn_frozen", "08-batchnorm",
@@ -187,11 +248,22 @@ def _ladder() -> list[Recipe]:
                       augment="crop_flip")
     mix = _step(crop_flip, "ft_mix", "09-augmentation", "ft_crop_flip with MixUp (α 0.2) or CutMix (α 1.0) per batch",
                 mixup_alpha=0.2, cutmix_alpha=1.0)
-    regularised = _step(mix, "ft_regularised", "10-regularisation", "ft_mix with label smoothing 0.1 and weight decay 0.05",
-                        label_smoothing=0.1, weight_decay=0.05)
-    full = _step(regularised, "full", "11-tta-averaging", "the full recipe: ft_regularised evaluated with an EMA of the weights "
-                 "(decay 0.99) and test-time flips", tta="flip", ema_decay=0.99)
-    return [naive, cosine, discriminative, gradual, lpft, bn_frozen, crop_flip, mix, regularised, full]
+    # Chapter 10's rung makes two changes; each alone is a side step, so the chapter can show both.
+    smoothing = _step(mix, "ft_label_smoothing", "10-regularisation", "ft_mix with label smoothing 0.1",
+                      label_smoothing=0.1)
+    decay = _step(mix, "ft_weight_decay", "10-regularisation", "ft_mix with weight decay 0.05 (AdamW, on weights only)",
+                  weight_decay=0.05)
+    regularised = _step(mix, "ft_regularised", "10-regularisation",
+                        "ft_mix with two changes at once: label smoothing 0.1 and weight decay 0.05 (its records also "
+                        "report test-time flips, for chapter 11)",
+                        label_smoothing=0.1, weight_decay=0.05, report_tta="flip")
+    full = _step(regularised, "full", "11-tta-averaging",
+                 "the full recipe: ft_regularised with two changes at once, evaluated with an exponential moving "
+                 "average of the weights and with test-time flips. The average's decay at update t is "
+                 "min(0.99, (1+t)/(10+t)), so over a run this short it stays below 0.99 (chapter 11 shows what it "
+                 "really averages)", tta="flip", ema_decay=0.99, report_tta=None)
+    return [naive, cosine, discriminative, lower_lr, gradual, lpft, bn_frozen, crop_flip, mix, smoothing, decay,
+            regularised, full]
 
 
 def _self_training(teacher: Recipe) -> Recipe:
@@ -210,6 +282,41 @@ def _self_training(teacher: Recipe) -> Recipe:
         "pseudo-labels with strong augmentation (crop/flip, colour jitter, cutout): the head for 20 epochs, then "
         "everything for 6; one round",
         self_training=student,
+    )
+
+
+def _search(full: Recipe) -> list[Recipe]:
+    """Chapter 12's search for a better labels-only recipe: each candidate changes one setting of `full`, and
+    runs as a pilot (one subset, judged on validation; the test split is never read). The backbones'
+    candidates are `full` itself on Lite1 and Lite2 (see campaign.SEARCH_BACKBONES)."""
+    probe, tune = full.stages
+
+    def candidate(name: str, description: str, **changes) -> Recipe:
+        return replace(full, name=f"search_{name}", description=f"full with {description} (a search candidate)",
+                       builds_on=None, chapter="12-full-recipe", **changes)
+
+    return [
+        candidate("longer", "twice the fine-tuning epochs (30)", stages=(probe, replace(tune, epochs=30))),
+        candidate("high_lr", "the fine-tuning stage's peak rate at 1e-3", stages=(probe, replace(tune, lr=1e-3))),
+        candidate("low_lr", "the fine-tuning stage's peak rate at 1e-4", stages=(probe, replace(tune, lr=1e-4))),
+        candidate("no_mixing", "neither MixUp nor CutMix", mixup_alpha=0.0, cutmix_alpha=0.0),
+        candidate("sgd", "SGD (Nesterov momentum 0.9, peak rate 0.01) in the fine-tuning stage",
+                  stages=(probe, replace(tune, optimizer="sgd", lr=0.01))),
+    ]
+
+
+SEARCH: tuple[str, ...] = tuple(r.name for r in _search(next(r for r in _ladder() if r.name == "full")))
+
+def _fixmatch(base: Recipe) -> Recipe:
+    """Chapter 13: the best labels-only recipe, then FixMatch-style consistency training on the whole pool."""
+    consistency = Consistency(stages=(replace(base.stages[-1], epochs=10),), pool_images=None, unlabelled_ratio=7,
+                              threshold=0.95, weight=1.0, weak="crop_flip", strong="strong")
+    return _step(
+        base, "fixmatch", "13-unlabelled",
+        f"{base.name}, then 10 more epochs of its fine-tuning stage in which each batch of labelled images comes "
+        "with 7 times as many unlabelled ones, and the model learns, on a strongly augmented view of each, the "
+        "class it gives a cropped and flipped view of it with at least 95% confidence (FixMatch)",
+        consistency=consistency,
     )
 
 
@@ -235,6 +342,8 @@ RECIPES: dict[str, Recipe] = {
         ),
         *_ladder(),
         _self_training(next(r for r in _ladder() if r.name == "full")),
+        _fixmatch(next(r for r in _ladder() if r.name == "full")),
+        *_search(next(r for r in _ladder() if r.name == "full")),
     ]
 }
 
@@ -248,7 +357,8 @@ class Profile:
     test_limit: int | None
     max_epochs: int | None  # a cap on each stage's epochs; None keeps the recipe's
     meaningful: bool
-    pool_limit: int | None = None  # a cap on the unlabelled images of self-training; None keeps the recipe's
+    pool_limit: int | None = None  # a cap on the unlabelled images of self-training and consistency; None keeps the recipe's
+    reads_test: bool = True  # False: the run never touches the test split (a pilot, for choosing settings)
 
 
 PROFILES: dict[str, Profile] = {
@@ -259,6 +369,12 @@ PROFILES: dict[str, Profile] = {
             "proves the code runs: 32x32 input, at most 2 epochs a stage, 2 subsets, 500 test images, "
             "at most 500 unlabelled images",
             image_size=32, seeds=(0, 1), test_limit=500, max_epochs=2, meaningful=False, pool_limit=500,
+        ),
+        Profile(
+            "pilot",
+            "chooses settings: the full profile's input size and epochs on one subset, judged on the validation "
+            "split only; the test split is never read",
+            image_size=224, seeds=(0,), test_limit=None, max_epochs=None, meaningful=True, reads_test=False,
         ),
         Profile(
             "full",
@@ -281,7 +397,7 @@ def get_profile(name: str) -> Profile:
     return PROFILES[name]
 
 
-def scaled_stages(recipe: Recipe | SelfTraining, max_epochs: int | None, epochs: int | None) -> tuple[Stage, ...]:
+def scaled_stages(recipe: Recipe | SelfTraining | Consistency, max_epochs: int | None, epochs: int | None) -> tuple[Stage, ...]:
     """The recipe's (or the student's) stages with `epochs` (if given) replacing every stage's epochs, then capped."""
     stages = []
     for stage in recipe.stages:
@@ -294,13 +410,18 @@ def scaled_stages(recipe: Recipe | SelfTraining, max_epochs: int | None, epochs:
 
 
 def as_run(recipe: Recipe, profile: Profile, epochs: int | None = None) -> Recipe:
-    """`recipe` as `profile` runs it: every stage (the students' too) through `scaled_stages`, and the
-    unlabelled images a self-training recipe uses capped by the profile's `pool_limit`."""
+    """`recipe` as `profile` runs it: every stage (the students' and the consistency training's too) through
+    `scaled_stages`, and the unlabelled images a self-training or consistency recipe uses capped by the
+    profile's `pool_limit`."""
     stages = scaled_stages(recipe, profile.max_epochs, epochs)
-    student = recipe.self_training
-    if student is not None:
-        pool = student.pool_images
+
+    def scaled(unlabelled):
+        if unlabelled is None:
+            return None
+        pool = unlabelled.pool_images
         if profile.pool_limit is not None:
             pool = profile.pool_limit if pool is None else min(pool, profile.pool_limit)
-        student = replace(student, stages=scaled_stages(student, profile.max_epochs, epochs), pool_images=pool)
-    return replace(recipe, stages=stages, self_training=student)
+        return replace(unlabelled, stages=scaled_stages(unlabelled, profile.max_epochs, epochs), pool_images=pool)
+
+    return replace(recipe, stages=stages, self_training=scaled(recipe.self_training),
+                   consistency=scaled(recipe.consistency))

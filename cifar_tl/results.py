@@ -43,6 +43,8 @@ def machine_name(record: dict) -> str:
     suffix = f", {precision}" if precision else ""
     if machine.get("gpu") and str(timing.get("device", "cuda")).startswith("cuda"):  # not a CPU run beside a GPU
         return machine["gpu"] + suffix
-    details = [f"{machine['cpu_count']} cores"] if machine.get("cpu_count") else []
+    details = ([f"family {machine['cpu_family']} model {machine['cpu_model_number']}"]
+               if machine.get("cpu_family") is not None and machine.get("cpu_model_number") is not None else [])
+    details += [f"{machine['cpu_count']} cores"] if machine.get("cpu_count") else []
     details += [machine["cpu_capability"]] if machine.get("cpu_capability") else []
     return f"{machine.get('cpu') or '?'}{' (' + ', '.join(details) + ')' if details else ''}{suffix}"

@@ -18,7 +18,7 @@ import os
 import platform
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -27,17 +27,18 @@ import torch
 
 from . import __version__
 from .backbones import check_backbone, create_model
-from .data import (balanced_subset, capped_test, indices_hash, load_dataset, portable_source, resolve_source,
-                   source_checksum)
+from .data import (MAX_SEED, balanced_subset, capped_test, indices_hash, load_dataset, portable_source,
+                   resolve_source, source_checksum)
 from .errors import UserError
-from .files import atomic_path, cache_dir, sha256_json, write_json
+from .files import cache_dir, save_torch, sha256_json, write_json
 from .recipes import RECIPES, Recipe, as_run, get_profile, get_recipe
+from .resume import StateFile
 from .train import (classification_metrics, compute_outputs, eval_batch_size, pick_device, resolve_precision,
-                    train)
+                    train, weights_of)
 
-# The modules whose code decides a result; their hash is stored in every record (`code_version`) to say
-# which code made it, but is not part of its identity: editing them does not retire the records.
-_RESULT_MODULES = ("data.py", "backbones.py", "augment.py", "recipes.py", "train.py", "runs.py", "self_training.py")
+# The code that decides a result is this module and every cifar_tl module it imports, directly or not
+# (`result_modules`); its hash is stored in every record (`code_version`) to say which code made it, but is
+# not part of its identity: editing it does not retire the records.
 # Part of every record's identity. Bump it when an edit changes what a run computes for the same config,
 # recipe, data and weights (a bug fix in the trainer, a new augmentation kernel): every record then
 # becomes stale and the campaign trains them again. Edits that keep results (speed, logging) leave it.
@@ -47,12 +48,34 @@ DEFAULT_VAL_PER_CLASS = 50
 _DESCRIPTIVE_FIELDS = ("name", "description", "builds_on", "chapter")
 # Recipe fields added later, left out of the definition while unset: the records of recipes without them keep
 # their identity.
-_OPTIONAL_FIELDS = ("self_training", "sklearn_probe")
+_OPTIONAL_FIELDS = ("self_training", "consistency", "sklearn_probe", "report_tta")
+
+
+@functools.lru_cache(maxsize=1)
+def result_modules() -> tuple[str, ...]:
+    """The file names of this module and of every cifar_tl module it imports, at any depth (imports inside
+    functions included), read from their source."""
+    import ast
+
+    package = Path(__file__).parent
+    found, todo = set(), [Path(__file__).name]
+    while todo:
+        name = todo.pop()
+        if name in found or not (package / name).is_file():
+            continue
+        found.add(name)
+        for node in ast.walk(ast.parse((package / name).read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                if node.module:
+                    todo.append(f"{node.module.split('.')[0]}.py")
+                else:
+                    todo += [f"{alias.name}.py" for alias in node.names]
+    return tuple(sorted(found))
 
 
 def code_version() -> str:
     digest = hashlib.sha256(__version__.encode())
-    for name in _RESULT_MODULES:
+    for name in result_modules():
         digest.update((Path(__file__).parent / name).read_bytes())
     return f"{__version__}+{digest.hexdigest()[:12]}"
 
@@ -108,8 +131,8 @@ def make_config(
     if not isinstance(val_per_class, int) or val_per_class < 1:
         raise UserError(f"--val-per-class must be a positive whole number (got {val_per_class!r}): "
                         "validation images decide every choice")
-    if not isinstance(seed, int) or seed < 0:
-        raise UserError(f"--seed must be a whole number of at least 0 (got {seed!r})")
+    if not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise UserError(f"--seed must be a whole number from 0 to {MAX_SEED} (got {seed!r})")
     if test_limit == _PROFILE_DEFAULT:
         test_limit = chosen_profile.test_limit
     if test_limit is not None and (not isinstance(test_limit, int) or test_limit < 1):
@@ -138,10 +161,6 @@ def recipe_definition(recipe: dict) -> dict:
 def run_recipe(config: RunConfig) -> Recipe:
     """The recipe of `config` as its profile runs it (`recipes.as_run`)."""
     return as_run(get_recipe(config.recipe), get_profile(config.profile), config.epochs)
-
-
-def run_stages(config: RunConfig):
-    return run_recipe(config).stages
 
 
 def current_recipe(config: RunConfig) -> dict:
@@ -189,19 +208,44 @@ def stale_reason(record: dict) -> str | None:
     return None
 
 
+# CPU feature flags that decide which kernels (and so which speed and precision) a machine runs.
+_CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile")
+
+
+def cpu_facts(cpuinfo: str = "/proc/cpuinfo") -> dict:
+    """The CPU precisely (two CPUs sold under one name, e.g. "AMD EPYC", may differ in family, model and
+    vector units): model name, vendor, family, model and stepping numbers, and the flags in _CPU_FLAGS.
+    Read from /proc/cpuinfo (Linux); elsewhere only the name platform gives."""
+    facts = {"cpu": platform.processor() or platform.machine()}
+    try:
+        with open(cpuinfo) as f:
+            fields = {}
+            for line in f:
+                if not line.strip():
+                    break  # the first processor's block describes them all
+                key, _, value = line.partition(":")
+                fields[key.strip()] = value.strip()
+    except OSError:
+        return facts
+    flags = set(fields.get("flags", "").split())
+    facts.update({
+        "cpu": fields.get("model name", facts["cpu"]),
+        "cpu_vendor": fields.get("vendor_id"),
+        "cpu_family": int(fields["cpu family"]) if fields.get("cpu family", "").isdigit() else None,
+        "cpu_model_number": int(fields["model"]) if fields.get("model", "").isdigit() else None,
+        "cpu_stepping": int(fields["stepping"]) if fields.get("stepping", "").isdigit() else None,
+        "cpu_flags": [flag for flag in _CPU_FLAGS if flag in flags],
+    })
+    return facts
+
+
 def machine() -> dict:
     from .train import cpu_has_native_bf16
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
     import torchvision
 
     return {
-        "cpu": cpu,
+        **cpu_facts(),
         "cpu_count": os.cpu_count(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # the widest vector ISA PyTorch uses here
         "cpu_native_bf16": cpu_has_native_bf16(),
@@ -216,6 +260,16 @@ def machine() -> dict:
     }
 
 
+class _NoTestSet:
+    """The test split of a pilot run: any use of it is an error, so no setting can be chosen by it."""
+
+    def _refuse(self, *args, **kwargs):
+        raise RuntimeError("a pilot run never reads the test split")
+
+    __getitem__ = __len__ = __iter__ = __array__ = _refuse
+
+
+_NO_TEST_SET = _NoTestSet()
 _DATASETS: dict[str, object] = {}
 
 
@@ -361,6 +415,74 @@ def _sklearn_probe(recipe: Recipe, result, labels, test_features: torch.Tensor) 
                                       (test_features.numpy(), y_test.numpy()), recipe.sklearn_probe)
 
 
+def _accuracy(logits: torch.Tensor, labels: torch.Tensor, n_classes: int) -> float:
+    return classification_metrics(logits, labels.numpy(), n_classes)["accuracy"]
+
+
+def _validate(model, recipe: Recipe, result, views: str | None, x_val, y_val, config: RunConfig, device, batch):
+    """The final model's validation accuracy as deployed (its EMA and test-time views), and with `views`, the
+    accuracy with and without them ({view: accuracy}) from the same pass."""
+    n_classes = model.head.out_features
+    if views is not None:
+        with_views, plain = compute_outputs(model, x_val, config.image_size, batch, device, tta=views,
+                                            precision=config.precision, plain_too=True)
+        by_views = {"none": _accuracy(plain, y_val, n_classes), views: _accuracy(with_views, y_val, n_classes)}
+        return by_views, by_views[recipe.tta]
+    if recipe.ema_decay > 0:  # the final model differs from the last epoch's
+        logits = compute_outputs(model, x_val, config.image_size, batch, device, precision=config.precision)
+        return None, _accuracy(logits, y_val, n_classes)
+    return None, result.history[-1]["val_accuracy"]
+
+
+def _test(model, recipe: Recipe, result, views: str | None, labels, x_test, y_test, config: RunConfig, device, batch,
+          progress: bool) -> dict:
+    """The test images, read once: the metrics of the model as deployed, the accuracy with and without
+    `views`, and scikit-learn's probe on the frozen features (and its seconds) for a recipe that has it."""
+    n_classes = model.head.out_features
+    out = {"by_views": None, "sklearn_probe": None, "sklearn_seconds": None}
+    if recipe.sklearn_probe is not None:  # the test images' frozen features feed the trained head and the probe
+        features = compute_outputs(model, x_test, config.image_size, batch, device, features=True,
+                                   progress=progress, desc="test set", precision=config.precision)
+        with torch.inference_mode():
+            logits = model.head(features.to(device)).float().cpu()
+        started = time.perf_counter()
+        out["sklearn_probe"] = _sklearn_probe(recipe, result, (*labels, y_test), features)
+        out["sklearn_seconds"] = time.perf_counter() - started
+    elif views is not None:
+        with_views, plain = compute_outputs(model, x_test, config.image_size, batch, device, progress=progress,
+                                            desc="test set", tta=views, precision=config.precision, plain_too=True)
+        logits = with_views if recipe.tta != "none" else plain
+        out["by_views"] = {"none": _accuracy(plain, y_test, n_classes), views: _accuracy(with_views, y_test, n_classes)}
+    else:
+        logits = compute_outputs(model, x_test, config.image_size, batch, device, progress=progress, desc="test set",
+                                 precision=config.precision)
+    out["metrics"] = classification_metrics(logits, y_test.numpy(), n_classes)
+    # the probability the model gives its prediction, per test image (its most confident mistakes)
+    out["confidence"] = [round(p, 4) for p in logits.softmax(1).max(1).values.tolist()]
+    return out
+
+
+def _metrics(val_accuracy: float, tested: dict | None, dataset, config: RunConfig, y_test, test_idx) -> dict:
+    """The record's metrics: validation accuracy, and what the test images gave (None in a profile that
+    never reads them: a pilot)."""
+    if tested is None:
+        return {"val_accuracy": val_accuracy, "test_read": False, "test_images": 0, "test_accuracy": None}
+    test = tested["metrics"]
+    return {
+        "test_accuracy": test["accuracy"],
+        "test_loss": test["loss"],
+        "test_images": len(test_idx),
+        "test_limited": config.test_limit is not None and len(test_idx) < len(dataset.test_labels),
+        "val_accuracy": val_accuracy,
+        "per_class_accuracy": dict(zip(dataset.classes, test["per_class_accuracy"])),
+        "confusion_matrix": test["confusion_matrix"],
+        "test_predictions": test["predictions"],
+        "test_confidence": tested["confidence"],
+        "test_labels": y_test.tolist(),
+        "test_indices": test_idx.tolist(),
+    }
+
+
 def run(config: RunConfig, force: bool = False, progress: bool = True, device: str | None = None,
         return_model: bool = False):
     """Train and evaluate `config`, or read its existing record back. Returns the record, or with
@@ -389,6 +511,9 @@ def run(config: RunConfig, force: bool = False, progress: bool = True, device: s
     path = cache_dir("runs") / f"{name}.json"
     weights = path.with_suffix(".pt")
     existing = _find_record(name, ident)
+    state = StateFile(path.with_suffix(".state"))  # training state of an interrupted run: it resumes from there
+    if force:
+        state.clear()
     if existing is not None and not force:
         if not return_model:
             return existing
@@ -403,7 +528,10 @@ def run(config: RunConfig, force: bool = False, progress: bool = True, device: s
     train_idx, val_idx = balanced_subset(
         dataset.train_labels, config.per_class, config.val_per_class, config.seed, dataset.classes
     )
-    test_idx = capped_test(dataset.test_labels, config.test_limit)
+    reads_test = get_profile(config.profile).reads_test
+    if not reads_test:  # a pilot chooses settings: the test split is not even at hand
+        dataset = replace(dataset, test_images=_NO_TEST_SET, test_labels=_NO_TEST_SET)
+    test_idx = capped_test(dataset.test_labels, config.test_limit) if reads_test else np.zeros(0, dtype=np.int64)
     chosen_device = pick_device(device)
     if chosen_device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -413,38 +541,29 @@ def run(config: RunConfig, force: bool = False, progress: bool = True, device: s
 
     x_train, y_train = tensors(dataset.train_images, dataset.train_labels, train_idx)
     x_val, y_val = tensors(dataset.train_images, dataset.train_labels, val_idx)
-    x_test, y_test = tensors(dataset.test_images, dataset.test_labels, test_idx)
+    x_test, y_test = tensors(dataset.test_images, dataset.test_labels, test_idx) if reads_test else (None, None)
     result = train(model, recipe, stages, x_train, y_train, x_val, y_val, config.image_size, chosen_device,
-                   config.seed, progress, config.precision)
+                   config.seed, progress, config.precision, state.child("train"))
     unlabelled = None
     if recipe.self_training is not None:  # the model just trained is the first teacher
         model, result, unlabelled = _self_train(config, recipe, model, result, dataset, train_idx, val_idx,
-                                                (x_train, y_train, x_val, y_val), chosen_device, progress)
+                                                (x_train, y_train, x_val, y_val), chosen_device, progress, state)
+    if recipe.consistency is not None:  # the model just trained is where consistency training starts
+        model, result, unlabelled = _consistency_train(config, recipe, model, result, dataset, train_idx, val_idx,
+                                                       (x_train, y_train, x_val, y_val), chosen_device, progress,
+                                                       state)
 
-    eval_started = time.perf_counter()
     batch = eval_batch_size(chosen_device)
-    if recipe.sklearn_probe is None:
-        test_logits = compute_outputs(model, x_test, config.image_size, batch, chosen_device, progress=progress,
-                                      desc="test set", tta=recipe.tta, precision=config.precision)
-    else:  # the test images' frozen features feed both the trained head and scikit-learn's probe
-        test_features = compute_outputs(model, x_test, config.image_size, batch, chosen_device, features=True,
-                                        progress=progress, desc="test set", precision=config.precision)
-        with torch.inference_mode():
-            test_logits = model.head(test_features.to(chosen_device)).float().cpu()
-    eval_seconds = time.perf_counter() - eval_started
-    sklearn_probe, sklearn_seconds = None, None
-    if recipe.sklearn_probe is not None:
-        probe_started = time.perf_counter()
-        sklearn_probe = _sklearn_probe(recipe, result, (y_train, y_val, y_test), test_features)
-        sklearn_seconds = time.perf_counter() - probe_started
-    n_classes = len(dataset.classes)
-    test = classification_metrics(test_logits, y_test.numpy(), n_classes)
-    if recipe.tta != "none" or recipe.ema_decay > 0:  # the final model differs from the last epoch's
-        val_logits = compute_outputs(model, x_val, config.image_size, batch, chosen_device, tta=recipe.tta,
-                                     precision=config.precision)
-        val_accuracy = classification_metrics(val_logits, y_val.numpy(), n_classes)["accuracy"]
-    else:
-        val_accuracy = result.history[-1]["val_accuracy"]
+    views = recipe.tta if recipe.tta != "none" else recipe.report_tta  # test-time views evaluated, if any
+    val_views, val_accuracy = _validate(model, recipe, result, views, x_val, y_val, config, chosen_device, batch)
+    eval_started = time.perf_counter()
+    tested = _test(model, recipe, result, views, (y_train, y_val), x_test, y_test, config, chosen_device, batch,
+                   progress) if reads_test else None
+    eval_seconds = time.perf_counter() - eval_started - ((tested or {}).get("sklearn_seconds") or 0.0)
+    by_views = None
+    if views is not None:  # accuracy with and without the test-time views, from the same passes
+        by_views = {view: {"val_accuracy": val_views[view], **({"test_accuracy": tested["by_views"][view]}
+                                                                 if tested else {})} for view in ("none", views)}
 
     record = {
         "name": name,
@@ -465,22 +584,14 @@ def run(config: RunConfig, force: bool = False, progress: bool = True, device: s
             "subset_sha256": indices_hash(np.concatenate([train_idx, val_idx])),
         },
         "weights": model.weights,
-        "model": {"groups": model.group_names(), "parameters": model.parameter_counts()},
-        "metrics": {
-            "test_accuracy": test["accuracy"],
-            "test_loss": test["loss"],
-            "test_images": len(test_idx),
-            "test_limited": config.test_limit is not None and len(test_idx) < len(dataset.test_labels),
-            "val_accuracy": val_accuracy,
-            "per_class_accuracy": dict(zip(dataset.classes, test["per_class_accuracy"])),
-            "confusion_matrix": test["confusion_matrix"],
-            "test_predictions": test["predictions"],
-            "test_labels": y_test.tolist(),
-            "test_indices": test_idx.tolist(),
-        },
+        "model": {"groups": model.group_names(), "parameters": model.parameter_counts(),
+                  "distance_from_pretrained": result.distance_from_pretrained},
+        "metrics": _metrics(val_accuracy, tested, dataset, config, y_test, test_idx),
         "history": result.history,
         "timing": {
-            "total_seconds": time.perf_counter() - started,
+            # with the time an interrupted run had spent in earlier processes, up to its last saved epoch
+            "total_seconds": time.perf_counter() - started + result.earlier_seconds,
+            "resumed_at_epochs": result.resumed_at_epochs,
             "train_seconds": result.train_seconds,
             "feature_seconds": result.feature_seconds,
             "eval_seconds": eval_seconds,
@@ -493,21 +604,23 @@ def run(config: RunConfig, force: bool = False, progress: bool = True, device: s
         },
         "machine": machine(),
     }
+    if by_views is not None:
+        record["metrics"]["by_test_time_views"] = by_views
     if unlabelled is not None:
-        record["self_training"] = unlabelled
-    if sklearn_probe is not None:
-        record["metrics"]["sklearn_probe"] = sklearn_probe
-        record["timing"]["sklearn_probe_seconds"] = sklearn_seconds
+        record["self_training" if recipe.consistency is None else "consistency"] = unlabelled
+    if tested is not None and tested["sklearn_probe"] is not None:
+        record["metrics"]["sklearn_probe"] = tested["sklearn_probe"]
+        record["timing"]["sklearn_probe_seconds"] = tested["sklearn_seconds"]
     if return_model:
-        with atomic_path(weights) as tmp:
-            torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
+        save_torch(weights, {k: v.detach().cpu() for k, v in model.state_dict().items()})
     if force or existing is None:  # a valid record is only replaced with --force
         write_json(path, record)
+    state.clear()
     return (record, model) if return_model else record
 
 
 def _self_train(config: RunConfig, recipe: Recipe, teacher, teacher_result, dataset, train_idx, val_idx, labelled,
-                device, progress):
+                device, progress, state: StateFile):
     """Self-training (`recipe.self_training`) from the trained `teacher`: returns the last student, the
     teacher's and students' training as one result, and the record's `self_training` section.
 
@@ -524,11 +637,38 @@ def _self_train(config: RunConfig, recipe: Recipe, teacher, teacher_result, data
 
     pool_images = torch.from_numpy(dataset.train_images[pool])  # images only: the labels stay behind
     outcome = self_training.self_train(teacher, new_student, recipe, *labelled, pool_images, config.image_size, device,
-                                       config.seed, progress, config.precision)
+                                       config.seed, progress, config.precision, state)
     available = len(dataset.train_images) - len(train_idx) - len(val_idx)
     section = self_training.accounting(outcome, settings, pool, available, dataset.classes)
     section["diagnostics"] = self_training.diagnostics(outcome, dataset.train_labels[pool], dataset.classes)
     return outcome.model, self_training.merged_result(teacher_result, outcome), section
+
+
+def _consistency_train(config: RunConfig, recipe: Recipe, model, labelled_result, dataset, train_idx, val_idx,
+                       labelled, device, progress, state: StateFile):
+    """Consistency training (`recipe.consistency`) from the trained `model`: returns the model, the labels-only
+    and consistency training as one result, and the record's `consistency` section.
+
+    The loop gets the pool's images only. The pool's labels are read after it has finished, for the
+    section's `diagnostics` (for the reader: how right the last epoch's pseudo-labels were), and nowhere else."""
+    from . import consistency, self_training
+
+    settings = recipe.consistency
+    pool = self_training.pool_indices(len(dataset.train_images), train_idx, val_idx, settings.pool_images, config.seed)
+    with torch.random.fork_rng(devices=[]):  # the weights the run started from, to measure how far they moved
+        torch.manual_seed(config.seed)
+        start = create_model(config.backbone, len(dataset.classes))
+    start_weights = weights_of(start)
+    pool_images = torch.from_numpy(dataset.train_images[pool])  # images only: the labels stay behind
+    result = consistency.consistency_train(model, recipe, *labelled, pool_images, config.image_size, device,
+                                           config.seed + 1, progress, config.precision, state.child("consistency"),
+                                           start_weights)
+    merged = consistency.merged_result(labelled_result, result)
+    available = len(dataset.train_images) - len(train_idx) - len(val_idx)
+    section = consistency.accounting(merged.history, settings, pool, available)
+    section["diagnostics"] = consistency.diagnostics(result.last_epoch, merged.history[-1]["epoch"], settings.threshold,
+                                                     dataset.train_labels[pool], dataset.classes)
+    return model, merged, section
 
 
 # Every record run_seeds has handed out in this process, by name: what a chapter's page shows, so that

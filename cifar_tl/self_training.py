@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from .backbones import Classifier
 from .errors import UserError
 from .recipes import Recipe, SelfTraining
+from .resume import StateFile
 from .train import TrainResult, classification_metrics, compute_outputs, eval_batch_size, train
 
 POOL_DESCRIPTION = "training-split images outside the labelled subset and the validation split"
@@ -96,13 +97,14 @@ def _val_accuracy(model, x_val, y_val, image_size, device, tta, precision) -> fl
 def self_train(teacher: Classifier, new_student: Callable[[int], Classifier], recipe: Recipe,
                x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.Tensor, y_val: torch.Tensor,
                pool_images: torch.Tensor, image_size: int, device: torch.device, seed: int,
-               progress: bool = True, precision: str = "fp32") -> Outcome:
+               progress: bool = True, precision: str = "fp32", state: StateFile | None = None) -> Outcome:
     """Run `recipe.self_training`'s rounds from the trained `teacher`.
 
     `pool_images` are uint8 (N, H, W, 3) and come without labels. `new_student(round)` returns a model
     fresh from the backbone's ImageNet weights (used when the student starts from them). Returns the last
     student, the first teacher's validation accuracy (as deployed: its EMA and test-time views) and each
-    round's selection and student."""
+    round's selection and student. With `state`, each student's training resumes from its last finished
+    epoch (`train`'s state, one file a round)."""
     settings = recipe.self_training
     training = student_recipe(recipe)
     teacher_val = _val_accuracy(teacher, x_val, y_val, image_size, device, recipe.tta, precision)
@@ -122,7 +124,8 @@ def self_train(teacher: Classifier, new_student: Callable[[int], Classifier], re
         y_student = torch.cat([y_train] * settings.labelled_repeats + [torch.from_numpy(pseudo)])
         student = copy.deepcopy(teacher) if settings.init == "teacher" else new_student(number)
         result = train(student, training, settings.stages, x_student, y_student, x_val, y_val, image_size, device,
-                       seed + number, progress, precision)
+                       seed + number, progress, precision,
+                       state.child(f"round{number}") if state is not None else None)
         rounds.append(Round(number, probabilities, kept, pseudo,
                             _val_accuracy(student, x_val, y_val, image_size, device, recipe.tta, precision),
                             len(x_student), predict_seconds, result))
@@ -134,15 +137,20 @@ def merged_result(teacher: TrainResult, outcome: Outcome) -> TrainResult:
     """The teacher's training and every student's as one history (epochs and stages numbered on, each
     entry saying its `phase`) and one set of timings."""
     history = [{**h, "phase": "teacher"} for h in teacher.history]
-    merged = TrainResult(history, teacher.train_seconds, teacher.images_trained, teacher.feature_seconds)
+    merged = TrainResult(history, teacher.train_seconds, teacher.images_trained, teacher.feature_seconds,
+                         resumed_at_epochs=list(teacher.resumed_at_epochs), earlier_seconds=teacher.earlier_seconds,
+                         distance_from_pretrained=(outcome.rounds[-1].result if outcome.rounds
+                                                   else teacher).distance_from_pretrained)
     for r in outcome.rounds:
         epoch = history[-1]["epoch"] if history else 0
         stage = history[-1]["stage"] if history else 0
+        merged.resumed_at_epochs += [e + epoch for e in r.result.resumed_at_epochs]
         history += [{**h, "epoch": h["epoch"] + epoch, "stage": h["stage"] + stage, "phase": f"round {r.round}"}
                     for h in r.result.history]
         merged.train_seconds += r.result.train_seconds
         merged.images_trained += r.result.images_trained
         merged.feature_seconds += r.result.feature_seconds
+        merged.earlier_seconds += r.result.earlier_seconds
     return merged
 
 

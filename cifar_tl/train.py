@@ -19,11 +19,12 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import augment
+from . import augment, resume
 from .backbones import Classifier
 from .errors import UserError
 from .metrics import label_metrics
 from .recipes import Recipe, Stage
+from .resume import StateFile
 
 
 def tune_cpu_allocator() -> None:
@@ -242,6 +243,17 @@ def ema_update(decay: float, updates: Callable[[], int]):
     return update
 
 
+def make_ema(model: nn.Module, recipe: Recipe):
+    """The moving average of `model`'s weights (and buffers) that `recipe.ema_decay` asks for, or None."""
+    if recipe.ema_decay <= 0:
+        return None
+    from torch.optim.swa_utils import AveragedModel
+
+    ema = AveragedModel(model, use_buffers=True)
+    ema.multi_avg_fn = ema_update(recipe.ema_decay, lambda: int(ema.n_averaged))
+    return ema
+
+
 def _augments(stage: Stage, recipe: Recipe) -> bool:
     mixing = recipe.mixup_alpha > 0 or recipe.cutmix_alpha > 0
     return stage.augment and (recipe.augment != "none" or mixing)
@@ -254,18 +266,20 @@ def _uses_features(model: Classifier, stage: Stage, recipe: Recipe) -> bool:
 
 @torch.inference_mode()
 def compute_outputs(model, images, size, batch_size, device, features=False, progress=False, desc="evaluating",
-                    tta="none", precision: str = "fp32"):
+                    tta="none", precision: str = "fp32", plain_too: bool = False):
     """The model's logits (or the body's pooled features) for uint8 images, as float32 on the CPU.
 
     With test-time augmentation, the softmax probabilities of the views are averaged and their log
     is returned in place of logits (argmax and cross-entropy then apply to the averaged prediction).
+    `plain_too` also returns the logits of the first view, the images as they are: the prediction
+    without test-time augmentation, from the same pass.
     """
     if device.type == "cpu":
         tune_cpu_allocator()
     was_training = model.training
     model.eval()
     net = model.body if features else model
-    outputs = []
+    outputs, plain = [], []
     for start in tqdm(range(0, len(images), batch_size), desc=desc, disable=not progress, leave=False):
         batch = images[start : start + batch_size].to(device, non_blocking=True)
         x = augment.prepare(batch, size, model.mean, model.std)
@@ -273,12 +287,17 @@ def compute_outputs(model, images, size, batch_size, device, features=False, pro
         with autocast(device, precision):
             if features or tta == "none":
                 outputs.append(net(x).float().cpu())
+                plain.append(outputs[-1])
             else:
-                views = augment.tta_views(x, tta)
-                probs = sum(net(v).float().softmax(1) for v in views) / len(views)
+                view_logits = [net(v).float() for v in augment.tta_views(x, tta)]
+                probs = sum(logits.softmax(1) for logits in view_logits) / len(view_logits)
                 outputs.append(probs.clamp_min(1e-12).log().cpu())
+                plain.append(view_logits[0].cpu())
     model.train(was_training)
-    return torch.cat(outputs) if outputs else torch.empty(0)
+    joined = torch.cat(outputs) if outputs else torch.empty(0)
+    if plain_too:
+        return joined, torch.cat(plain) if plain else torch.empty(0)
+    return joined
 
 
 def classification_metrics(logits: torch.Tensor, labels: np.ndarray, n_classes: int) -> dict:
@@ -302,6 +321,79 @@ class TrainResult:
     images_trained: int = 0  # images that went through a training step
     feature_seconds: float = 0.0
     features: tuple[torch.Tensor, torch.Tensor] | None = None  # (train, val) features the last head-only stage used
+    resumed_at_epochs: list[int] = field(default_factory=list)  # epochs finished when an interrupted run resumed
+    earlier_seconds: float = 0.0  # time this training spent in earlier processes, up to their last saved epoch
+    distance_from_pretrained: dict[str, float] | None = None  # each group's, for the final weights
+
+
+def distance_from_start(model: Classifier, start: dict[str, list[torch.Tensor]]) -> dict[str, float]:
+    """Each layer group's relative distance from the weights it started with, ||w - w0|| / ||w0||
+    over all the group's parameters: how far training moved it (for the head, from its random start)."""
+    distances = {}
+    with torch.no_grad():
+        for name in model.group_names():
+            moved = sum(float((p.float() - p0).pow(2).sum()) for p, p0 in zip(model.group_parameters(name), start[name]))
+            size = sum(float(p0.pow(2).sum()) for p0 in start[name])
+            distances[name] = round(math.sqrt(moved / size), 6) if size else 0.0
+    return distances
+
+
+def weights_of(model: Classifier) -> dict[str, list[torch.Tensor]]:
+    """A copy of each layer group's parameters: where `distance_from_start` measures from."""
+    return {name: [p.detach().float().clone() for p in model.group_parameters(name)] for name in model.group_names()}
+
+
+def resume_from(state: StateFile | None, device, model: Classifier, ema, generator: torch.Generator,
+                rng: np.random.Generator, result: TrainResult, stages: tuple[Stage, ...]) -> tuple[dict | None, bool]:
+    """Pick a training call up where `state` left it: the weights, their average, the generators and the result
+    so far. Returns (the saved state, whose optimizer `resume_stage` restores; None when there was none) and
+    whether that call had finished, in which case `model` now holds its final weights."""
+    saved = state.load(device) if state is not None else None
+    if saved is None:
+        return None, False
+    model.load_state_dict(saved["model"])
+    _restore_result(result, saved)
+    resume.restore_rng_states(saved["rng"], generator, rng)
+    if saved["finished"]:
+        if stages:
+            set_trainable(model, stages[-1])  # which weights are trainable, as the last stage left them
+        model.eval()
+        return None, True
+    result.resumed_at_epochs.append(len(result.history))
+    if ema is not None:
+        ema.load_state_dict(saved["ema"])
+    return saved, False
+
+
+def epochs_done(result: TrainResult, stage_index: int) -> int:
+    """Epochs of stage `stage_index` (0-based) that the result's history already holds (a resumed call's)."""
+    return sum(1 for h in result.history if h["stage"] == stage_index + 1)
+
+
+def set_learning_rates(optimizer: torch.optim.Optimizer, factor: float, at_start: dict[str, float]) -> None:
+    """Every parameter group at its base rate times the schedule's `factor`; `at_start` keeps each layer
+    group's first rate of the epoch (for the history)."""
+    for group in optimizer.param_groups:
+        group["lr"] = group["base_lr"] * factor
+        at_start.setdefault(group["group"], group["lr"])
+
+
+def finish_training(model: Classifier, ema, start_weights, result: TrainResult, state: StateFile | None,
+                    generator, rng, call_started: float, extra: Callable[[dict], dict] = lambda s: s) -> None:
+    """The end of a training call: the averaged weights become the model's, its distance from the start is
+    measured, and the finished state is saved (`extra` may add to it)."""
+    if ema is not None:  # the averaged weights (and BatchNorm statistics) become the model's
+        model.load_state_dict(ema.module.state_dict())
+    model.eval()
+    result.distance_from_pretrained = distance_from_start(model, start_weights)
+    if state is not None:
+        state.save(extra(_state(model, None, None, generator, rng, result, None, call_started)))
+
+
+def _stage_steps(n: int, recipe: Recipe, stage: Stage) -> tuple[int, int, int, int]:
+    batch_size = min(recipe.batch_size, n)
+    steps_per_epoch = n // batch_size  # drop the ragged last batch: BatchNorm needs full batches
+    return batch_size, steps_per_epoch, steps_per_epoch * stage.epochs, round(stage.warmup_epochs * steps_per_epoch)
 
 
 def train(
@@ -317,30 +409,41 @@ def train(
     seed: int,
     progress: bool = True,
     precision: str = "fp32",
+    state: StateFile | None = None,
 ) -> TrainResult:
     """Train `model` through `stages`; x_* are uint8 (N, H, W, 3) tensors, y_* int64 labels.
 
     `precision` is "bf16" (autocast: matrix products and convolutions in bf16, weights, optimizer and
-    loss in fp32) or "fp32"; see `resolve_precision`."""
+    loss in fp32) or "fp32"; see `resolve_precision`. With `state`, everything the next epoch depends on
+    is saved there after every epoch, and a call that finds a saved state resumes from it (or, if that
+    call had finished, returns its final model and result at once)."""
+    call_started = time.perf_counter()
     place_model(model, device)
     generator = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)  # λ and boxes of MixUp/CutMix
     n_classes = model.head.out_features
-    ema = None
-    if recipe.ema_decay > 0:
-        from torch.optim.swa_utils import AveragedModel
-
-        ema = AveragedModel(model, use_buffers=True)
-        ema.multi_avg_fn = ema_update(recipe.ema_decay, lambda: int(ema.n_averaged))
+    start_weights = weights_of(model)
+    ema = make_ema(model, recipe)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
     result = TrainResult()
+    saved, finished = resume_from(state, device, model, ema, generator, rng, result, stages)
+    if finished:  # this training had finished: its final model and result
+        return result
     x_train, y_train = x_train.to(device), y_train.to(device)
     x_val, y_val = x_val.to(device), y_val.to(device)
     eval_bs = eval_batch_size(device)
     epoch = 0
     for stage_index, stage in enumerate(stages):
+        done_here = epochs_done(result, stage_index)
+        if saved is not None and done_here == stage.epochs:  # a stage the interrupted run had finished
+            epoch += stage.epochs
+            continue
         groups = set_trainable(model, stage)
         use_features = _uses_features(model, stage, recipe)
+        optimizer = make_optimizer(model, stage, recipe, groups)
+        if saved is not None and saved["stage"] == stage_index:  # resume inside this stage: its optimizer too
+            optimizer.load_state_dict(saved["optimizer"])
+        saved = None
         if use_features:
             started = time.perf_counter()
             train_in = compute_outputs(model, x_train, image_size, eval_bs, device, True, progress, "features (train)",
@@ -354,17 +457,15 @@ def train(
         else:
             train_in, val_in, net = x_train, x_val, model
 
-        optimizer = make_optimizer(model, stage, recipe, groups)
         augmenting = _augments(stage, recipe)
         augmentation = recipe.augment if augmenting else "none"
         mixing = augmenting and (recipe.mixup_alpha > 0 or recipe.cutmix_alpha > 0)
         n = len(train_in)
-        batch_size = min(recipe.batch_size, n)
-        steps_per_epoch = n // batch_size  # drop the ragged last batch: BatchNorm needs full batches
-        total_steps = steps_per_epoch * stage.epochs
-        warmup_steps = round(stage.warmup_epochs * steps_per_epoch)
-        step = 0
-        bar = tqdm(range(stage.epochs), desc=f"stage {stage_index + 1}/{len(stages)}", disable=not progress)
+        batch_size, steps_per_epoch, total_steps, warmup_steps = _stage_steps(n, recipe, stage)
+        step = done_here * steps_per_epoch
+        epoch += done_here
+        bar = tqdm(range(done_here, stage.epochs), desc=f"stage {stage_index + 1}/{len(stages)}", disable=not progress,
+                   initial=done_here, total=stage.epochs)
         for _ in bar:
             lrs_at_start = {}
             order = torch.randperm(n, generator=generator).to(device)
@@ -374,10 +475,7 @@ def train(
             started = time.perf_counter()
             for b in range(steps_per_epoch):
                 index = order[b * batch_size : (b + 1) * batch_size]
-                factor = lr_factor(stage.schedule, step, total_steps, warmup_steps)
-                for group in optimizer.param_groups:
-                    group["lr"] = group["base_lr"] * factor
-                    lrs_at_start.setdefault(group["group"], group["lr"])
+                set_learning_rates(optimizer, lr_factor(stage.schedule, step, total_steps, warmup_steps), lrs_at_start)
                 targets = y_train[index]
                 x = make_batch(train_in, index, model, image_size, augmentation, generator)
                 if mixing:
@@ -414,10 +512,39 @@ def train(
                 "val_loss": val["loss"],
                 "val_accuracy": val["accuracy"],
                 "lr": lrs_at_start,
+                "distance_from_pretrained": distance_from_start(model, start_weights),
             }
             result.history.append(record)
             bar.set_postfix(train=f"{record['train_accuracy']:.3f}", val=f"{record['val_accuracy']:.3f}")
-    if ema is not None:  # the averaged weights (and BatchNorm statistics) become the model's
-        model.load_state_dict(ema.module.state_dict())
-    model.eval()
+            if state is not None:
+                state.save(_state(model, optimizer, ema, generator, rng, result, stage_index, call_started))
+    finish_training(model, ema, start_weights, result, state, generator, rng, call_started)
     return result
+
+
+def _state(model, optimizer, ema, generator, rng, result: TrainResult, stage_index: int | None,
+           call_started: float) -> dict:
+    """What `train` saves after an epoch of stage `stage_index` (None: at its end, with the final weights
+    and no optimizer)."""
+    finished = stage_index is None
+    return {
+        "finished": finished,
+        "stage": stage_index,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "ema": ema.state_dict() if ema is not None else None,
+        "rng": resume.rng_states(generator, rng),
+        "result": {"history": result.history, "train_seconds": result.train_seconds,
+                   "images_trained": result.images_trained, "feature_seconds": result.feature_seconds,
+                   "resumed_at_epochs": result.resumed_at_epochs,
+                   "earlier_seconds": result.earlier_seconds + time.perf_counter() - call_started,
+                   "distance_from_pretrained": result.distance_from_pretrained},
+        "features": result.features if finished else None,  # scikit-learn's probe refits on them
+    }
+
+
+def _restore_result(result: TrainResult, saved: dict) -> None:
+    for name, value in saved["result"].items():
+        setattr(result, name, value)
+    if saved.get("features") is not None:
+        result.features = tuple(f.cpu() for f in saved["features"])

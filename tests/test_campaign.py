@@ -18,8 +18,8 @@ from cifar_tl import campaign
 from cifar_tl.campaign import PlannedRun, book_runs, claim, run_campaign, save_to_results
 from cifar_tl.chapters import ROOT, _kernel_environment, chapters
 from cifar_tl.errors import UserError
-from cifar_tl.recipes import RECIPES
-from cifar_tl.runs import committed_records, make_config, record_path, run, stale_reason
+from cifar_tl.recipes import RECIPES, SEARCH
+from cifar_tl.runs import committed_records, make_config, run, stale_reason
 from cifar_tl.train import cpu_has_native_bf16, resolve_precision
 
 CPU = torch.device("cpu")
@@ -178,7 +178,8 @@ def test_the_plan_covers_every_run_a_chapter_shows():
     for recipe in RECIPES.values():
         assert recipe.chapter, f"{recipe.name} names no chapter"
         notebook = ROOT / "notebooks" / f"{recipe.chapter}.ipynb"
-        assert notebook.exists() and f'\\"{recipe.name}\\"' in notebook.read_text(), (recipe.name, recipe.chapter)
+        named = "SEARCH" if recipe.name in SEARCH else f'\\"{recipe.name}\\"'  # the search's pilots, as one list
+        assert notebook.exists() and named in notebook.read_text(), (recipe.name, recipe.chapter)
     assert {r.recipe for r in book_runs()} == set(RECIPES)
 
 
@@ -208,7 +209,9 @@ def test_the_campaign_trains_what_is_missing_once_and_resumes(tiny_dataset, tmp_
     assert run_campaign(results, data=str(tiny_dataset), max_runs=1, progress=False) == 1
     saved = list(results.rglob("*.json"))
     assert len(saved) == 1 and saved[0].parent.name == campaign.machine_slug()
-    assert "1 missing" not in capsys.readouterr().err  # it said 2 were missing before the first
+    err = capsys.readouterr().err
+    assert "0 of 2 full-profile runs" in err and "; 2 missing:" in err, err  # what was left before the first
+    assert "training linear_probe-simple_cnn-s" in err and "1 missing" not in err, err
     assert run_campaign(results, data=str(tiny_dataset), progress=False) == 1  # resumed: only the other one
     assert run_campaign(results, data=str(tiny_dataset), progress=False) == 0
     assert len(calls) == 2 and len(list(results.rglob("*.json"))) == 2
@@ -224,14 +227,14 @@ def test_only_whole_full_profile_records_go_into_results(tiny_dataset, tmp_path)
     assert not (tmp_path / "results").exists()
 
 
-def test_campaign_commands_are_one_train_command_per_missing_run(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "cifar_tl.cli", "campaign", "--commands", "--results", str(tmp_path)],
-                          capture_output=True, text=True, env={**os.environ, "CIFAR_TL_DATA": "cifar10"})
+def test_campaign_commands_are_one_train_command_per_missing_run(tmp_path, cli_main):
+    done = cli_main("campaign", "--commands", "--results", tmp_path, env={"CIFAR_TL_DATA": "cifar10"})
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert len(lines) == len(book_runs())  # an empty results folder misses every run
-    assert all(re.fullmatch(rf"cifar-tl train --recipe \w+ --backbone \w+ --seed \d --profile full --results {tmp_path}",
-                            line) for line in lines)
+    pattern = rf"cifar-tl train --recipe \w+ --backbone \w+ --seed \d --profile (full|pilot)( --image-size \d+)? --results {tmp_path}"
+    assert all(re.fullmatch(pattern, line) for line in lines), lines
+    assert sum(" --profile pilot" in line for line in lines) == len(campaign._CHAPTER_PILOTS["12-full-recipe"])
 
 
 # -- chapters run in notebooks/: paths from the user's folder -------------------------------------------------

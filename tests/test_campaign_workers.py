@@ -1,0 +1,90 @@
+"""Two campaign processes share one results folder (and, as on one host, one cache); one is killed with
+SIGKILL in the middle of a run. The other takes over its claim, its half-done run resumes from the last
+epoch the dead one finished, and every planned run ends with exactly one whole record."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+# A campaign over three small runs of the tiny dataset; after each saved training state it sleeps for
+# argv[3] seconds, so the test can catch it in the middle of a run.
+DRIVER = """
+import sys, time
+from pathlib import Path
+import cifar_tl.runs as runs_module
+from cifar_tl import campaign, resume
+from cifar_tl.campaign import PlannedRun, run_campaign
+
+campaign.book_runs = lambda: [PlannedRun("finetune_naive", "simple_cnn", seed) for seed in range(3)]
+small = dict(per_class=5, val_per_class=5, image_size=32, epochs=4, precision="fp32", device="cpu")
+make_config = runs_module.make_config
+runs_module.make_config = lambda *a, **k: make_config(*a, **{**k, **small})
+pause = float(sys.argv[3])
+save = resume.StateFile.save
+
+def save_then_pause(self, state):
+    save(self, state)
+    time.sleep(pause)
+
+resume.StateFile.save = save_then_pause
+run = runs_module.run
+
+def announced(config, **options):
+    print("TRAINING", config.seed, flush=True)
+    return run(config, **options)
+
+runs_module.run = announced
+run_campaign(Path(sys.argv[1]), data=sys.argv[2], device="cpu", progress=False)
+"""
+
+
+def _wait_for(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def test_a_worker_killed_mid_run_is_taken_over_and_its_run_resumes(tiny_dataset, tmp_path):
+    results, cache = tmp_path / "results", tmp_path / "cache"
+    env = {**os.environ, "CIFAR_TL_CACHE": str(cache), "CIFAR_TL_RESULTS": str(results)}
+
+    def worker(pause: float) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-c", DRIVER, str(results), str(tiny_dataset), str(pause)],
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    doomed = worker(pause=600)  # stops for good after its first finished epoch
+    try:
+        _wait_for(lambda: list(cache.glob("runs/*.state/train.pt")), 300, "the first worker's first epoch")
+        survivor = worker(pause=1.0)
+        _wait_for(lambda: len(list(results.glob("*/.claims/*.claim"))) == 2, 300, "the second worker's claim")
+        doomed.send_signal(signal.SIGKILL)
+        doomed.wait(30)
+        out, err = survivor.communicate(timeout=600)
+    finally:
+        for process in (doomed, locals().get("survivor")):
+            if process is not None and process.poll() is None:
+                process.kill()
+    assert survivor.returncode == 0, err
+    assert doomed.returncode == -signal.SIGKILL
+    assert doomed.stdout.read().split() == ["TRAINING", "0"]
+
+    trained = [int(line.split()[1]) for line in out.splitlines() if line.startswith("TRAINING")]
+    assert sorted(trained) == [0, 1, 2]  # the survivor trained its own run, the dead one's, and the last: once each
+    records = {json.loads(p.read_text())["config"]["seed"]: json.loads(p.read_text()) for p in results.glob("*/*.json")}
+    assert sorted(records) == [0, 1, 2]
+    assert records[0]["timing"]["resumed_at_epochs"] == [1]  # from the epoch the killed worker had finished
+    assert records[1]["timing"]["resumed_at_epochs"] == records[2]["timing"]["resumed_at_epochs"] == []
+    assert all(len(r["history"]) == 4 and r["metrics"]["test_images"] == 30 for r in records.values())
+    assert not list(results.rglob("*.claim")) and not list(tmp_path.rglob(".tmp-*"))
+    assert not list(cache.glob("runs/*.state"))
