@@ -175,3 +175,69 @@ def size_grid(images, labels, classes: list[str], predictions: dict[int, np.ndar
         fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def ladder_story(test: dict[str, list[float]], validation: dict[str, list[float]], title: str = "",
+                 reference: tuple[float, str] | None = None) -> plt.Figure:
+    """The rungs of the book top to bottom: each subset's test accuracy as a dot, the mean ± std as a bar, and
+    the validation mean as an open diamond. `reference` (value, label) draws a dotted line (another source's
+    figure, for comparison)."""
+    names = list(test)
+    fig, ax = plt.subplots(figsize=(7.4, 0.42 * len(names) + 1.3))
+    for i, name in enumerate(names):
+        y = len(names) - 1 - i
+        values = np.asarray(test[name], dtype=float)
+        ax.barh(y, values.mean(), xerr=values.std(ddof=1) if len(values) > 1 else 0, color="C0", alpha=0.35,
+                capsize=3, height=0.6)
+        ax.scatter(values, np.full(len(values), y), color="C0", s=12, zorder=3)
+        ax.text(values.mean() + 0.01, y, f"{100 * values.mean():.1f}%", va="center", fontsize=8)
+        if validation.get(name):
+            ax.scatter(np.mean(validation[name]), y, marker="D", facecolors="none", edgecolors="C1", s=30, zorder=4,
+                       label="validation (mean)" if i == 0 else None)
+    if reference is not None:
+        ax.axvline(reference[0], color="grey", lw=1, ls=":")
+        ax.text(reference[0], len(names) - 0.4, reference[1], fontsize=7, ha="right", color="grey")
+    ax.set_yticks(range(len(names)), names[::-1])
+    ax.set(xlim=(0, 1), xlabel="test accuracy (bars: mean ± std; dots: subsets)", title=title)
+    if any(validation.values()):
+        ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def mistake_gallery(images, truth, predictions, probabilities, classes: list[str], ncols: int = 8,
+                    size: float = 1.4, title: str = "") -> plt.Figure:
+    """Wrong predictions titled 'predicted p (true)': fastbook's `plot_top_losses` for run records."""
+    images = np.asarray(images)
+    n = len(images)
+    nrows = max(1, int(np.ceil(n / ncols)))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * size, nrows * (size + 0.45)), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i >= n:
+            continue
+        ax.imshow(images[i], interpolation="nearest")
+        ax.set_title(f"{classes[int(predictions[i])]} {probabilities[i]:.2f}\n(true: {classes[int(truth[i])]})",
+                     fontsize=7, color="red")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def distance_curves(histories: dict[str, "object"], title: str = "") -> plt.Figure:
+    """Relative distance from the pretrained weights per epoch, one panel per recipe, one line per layer group
+    (stem dark to top light; the head, which starts random, left out)."""
+    fig, axes = plt.subplots(1, len(histories), figsize=(5.2 * len(histories), 3.4), squeeze=False, sharey=True)
+    for ax, (name, frame) in zip(axes[0], histories.items()):
+        groups = [g for g in frame.columns if g != "head"]
+        colours = plt.cm.viridis(np.linspace(0, 0.9, max(len(groups), 1)))
+        for colour, group in zip(colours, groups):
+            ax.plot(frame.index, frame[group], color=colour, label=group)
+        ax.set(title=name, xlabel="epoch", yscale="log")
+    axes[0][0].set_ylabel("||w − w0|| / ||w0||")
+    axes[0][-1].legend(fontsize=6, ncol=2, loc="lower right")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig

@@ -1,4 +1,4 @@
-"""Self-training runs read back for chapter 13: the unlabelled images used, pseudo-label accuracy per class and by
+"""Self-training and consistency-training (FixMatch) runs read back for chapter 13: the unlabelled images used, pseudo-label accuracy per class and by
 round, validation by round, and accuracy against the share of the pool kept. Tables and figures from records only.
 
 The pseudo-label accuracies come from each record's `self_training.diagnostics`, computed after training against
@@ -150,6 +150,49 @@ def coverage_figure(records: list[dict]) -> plt.Figure:
                            color=f"C{i}", s=50, zorder=3)
     ax.set(xlabel="share of the pool kept, most confident first", ylabel="teacher's labels right", xlim=(0, 1.02),
            title="pseudo-label accuracy against how much of the pool is kept\n(x: what the recipe kept)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def _consistency(record: dict) -> dict:
+    section = record.get("consistency")
+    if section is None:
+        raise ValueError(f"record {record.get('name')} is not a consistency-training run (it has no consistency section)")
+    return section
+
+
+def consistency_table(records: list[dict]) -> pd.DataFrame:
+    """Per subset: the pool, the share of pool images whose weak view reached the threshold (the mask rate) in
+    the first and last consistency epoch, and (from the diagnostics, after training) how right the last
+    epoch's weak-view classes and pseudo-labels were."""
+    rows = []
+    for record in records:
+        section = _consistency(record)
+        epochs, last = section["epochs"], section["diagnostics"]["last_epoch"] or {}
+        rows.append({
+            "subset": record["config"]["seed"],
+            "pool images": section["pool"]["used"],
+            "epochs": len(epochs),
+            "mask rate, first epoch": _percent(epochs[0]["mask_rate"] if epochs else None),
+            "mask rate, last epoch": _percent(epochs[-1]["mask_rate"] if epochs else None),
+            "pseudo-labels, last epoch": last.get("pseudo_labels"),
+            "weak view right": _percent(last.get("weak_view_accuracy")),
+            "pseudo-labels right": _percent(last.get("pseudo_label_accuracy")),
+        })
+    return pd.DataFrame(rows).set_index("subset")
+
+
+def mask_rate_figure(records: list[dict]) -> plt.Figure:
+    """The mask rate (share of pool images that trained) epoch by epoch of the consistency training, per subset."""
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    for i, record in enumerate(records):
+        epochs = _consistency(record)["epochs"]
+        ax.plot([e["epoch"] for e in epochs], [e["mask_rate"] for e in epochs], marker="o", color=f"C{i}",
+                label=f"subset {record['config']['seed']}")
+    threshold = _consistency(records[0])["settings"]["threshold"]
+    ax.set(xlabel="epoch of the run", ylabel="pool images above the threshold", ylim=(0, 1.02),
+           title=f"share of unlabelled images whose weak view reached {threshold:.0%} confidence")
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
