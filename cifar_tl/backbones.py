@@ -288,7 +288,7 @@ def _simple_cnn(pretrained: bool = True):  # nothing to load: always trained fro
     return body, 128, groups, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), dict(_RANDOM_INIT), 32
 
 
-_SCRATCH_BACKBONES = ("simple_cnn",)  # no weights to load: random initialisation
+FROM_SCRATCH = ("simple_cnn",)  # no weights to load: random initialisation
 
 BACKBONES: dict[str, BackboneSpec] = {
     spec.name: spec
@@ -334,7 +334,7 @@ def weights_identity(name: str, pretrained: bool = True) -> dict:
     sha256 is computed once per file and process.
     """
     check_backbone(name)
-    if name in _SCRATCH_BACKBONES:
+    if name in FROM_SCRATCH:
         return dict(_RANDOM_INIT)
     if not pretrained:
         return dict(_NO_WEIGHTS)

@@ -218,7 +218,8 @@ def _minutes(seconds: float | None) -> str:
 
 def describe(status: Status, slug: str) -> str:
     """What is done, what is left with an estimate, and which committed records are stale."""
-    lines = [f"{len(status.done)} of {len(status.done) + len(status.missing)} full-profile runs of the book "
+    lines = [f"{len(status.done)} of {len(status.done) + len(status.missing)} runs of the book (full profile, and "
+             "chapter 12's pilots) "
              f"have a current committed record; {len(status.missing)} missing:"]
     total = 0.0
     for run in status.missing:

@@ -9,7 +9,6 @@ page, and the build names the missing runs and the command that trains them.
 from __future__ import annotations
 
 import ast
-import contextlib
 import json
 import os
 import shutil
@@ -17,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,26 +119,30 @@ def parse_parameters(chapter: Chapter, pairs: list[tuple[str, str]]) -> dict:
 _PATH_VARIABLES = ("CIFAR_TL_DATA", "CIFAR_TL_CACHE", "CIFAR_TL_RESULTS", "TORCH_HOME")
 
 
-@contextlib.contextmanager
-def _kernel_environment(render_only: bool = False):
-    """os.environ as the chapter's kernel should inherit it, restored afterwards."""
-    saved = dict(os.environ)
+_THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def kernel_environment(render_only: bool = False, threads: int | None = None) -> dict[str, str]:
+    """The environment a chapter's kernel starts with: this process's, with relative paths made absolute,
+    CIFAR_TL_RENDER_ONLY set or removed, and (`threads`, for kernels that run side by side) the intra-op
+    threads each may use, where the user has not set them. os.environ itself is left alone, so kernels
+    started from several threads at once each get their own."""
+    env = dict(os.environ)
     for name in _PATH_VARIABLES:
-        value = os.environ.get(name)
+        value = env.get(name)
         if value and name == "CIFAR_TL_DATA" and value.lower() in ("cifar10", "torchvision"):
             continue
         if value:
-            os.environ[name] = os.pathsep.join(str(Path(p).expanduser().absolute()) for p in value.split(os.pathsep))
+            env[name] = os.pathsep.join(str(Path(p).expanduser().absolute()) for p in value.split(os.pathsep))
     if render_only:
-        os.environ["CIFAR_TL_RENDER_ONLY"] = "1"
+        env["CIFAR_TL_RENDER_ONLY"] = "1"
     else:
-        os.environ.pop("CIFAR_TL_RENDER_ONLY", None)
-    os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")  # the debugger's frozen-modules notice
-    try:
-        yield
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+        env.pop("CIFAR_TL_RENDER_ONLY", None)
+    if threads is not None:
+        for name in _THREAD_VARIABLES:
+            env.setdefault(name, str(threads))
+    env.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")  # the debugger's frozen-modules notice
+    return env
 
 
 # papermill's default is 60 s; a kernel importing torch on a machine busy training (two cores, a campaign
@@ -147,10 +151,11 @@ KERNEL_START_SECONDS = 600
 
 
 def run_chapter(chapter: Chapter, out_dir: Path, parameters: dict, progress: bool = True,
-                render_only: bool = False) -> Path:
+                render_only: bool = False, threads: int | None = None) -> Path:
     """Execute `chapter` with papermill into `out_dir`; the output appears only if it succeeds.
 
-    With `render_only`, runs come from committed records and nothing is trained (CIFAR_TL_RENDER_ONLY)."""
+    With `render_only`, runs come from committed records and nothing is trained (CIFAR_TL_RENDER_ONLY).
+    `threads`: the intra-op threads the kernel may use (see `kernel_environment`)."""
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
@@ -161,12 +166,13 @@ def run_chapter(chapter: Chapter, out_dir: Path, parameters: dict, progress: boo
         parameters["data"] = str(Path(parameters["data"]).expanduser().absolute())  # the kernel runs elsewhere
     out_dir.mkdir(parents=True, exist_ok=True)
     out = out_dir / chapter.path.name
-    with atomic_path(out) as tmp, _kernel_environment(render_only), tempfile.TemporaryDirectory() as sockets:
+    env = kernel_environment(render_only, threads)
+    with atomic_path(out) as tmp, tempfile.TemporaryDirectory() as sockets:
         try:
             papermill.execute_notebook(
                 str(chapter.path), str(tmp), parameters=parameters, kernel_name="python3",
                 cwd=str(chapter.path.parent), progress_bar=progress, log_output=False,
-                kernel_manager_class=_local_kernel_manager(Path(sockets)),
+                kernel_manager_class=_local_kernel_manager(Path(sockets), env),
                 start_timeout=KERNEL_START_SECONDS,
             )
         except PapermillExecutionError as exc:
@@ -177,14 +183,19 @@ def run_chapter(chapter: Chapter, out_dir: Path, parameters: dict, progress: boo
     return out
 
 
-def _local_kernel_manager(folder: Path):
+def _local_kernel_manager(folder: Path, env: dict[str, str]):
     """A kernel manager that talks to its kernel over Unix sockets in `folder` (IPC), not over TCP: nothing
-    leaves the machine, and the kernel has no reason to warn about unencrypted TCP on every chapter."""
+    leaves the machine, and the kernel has no reason to warn about unencrypted TCP on every chapter. The
+    kernel starts with `env`."""
     from jupyter_client.manager import KernelManager
 
     class LocalKernelManager(KernelManager):
         def __init__(self, **kwargs):
             super().__init__(transport="ipc", ip=str(folder / "kernel"), **kwargs)
+
+        def start_kernel(self, **kwargs):
+            kwargs.setdefault("env", env)
+            return super().start_kernel(**kwargs)
 
     return LocalKernelManager
 
@@ -225,16 +236,25 @@ def chapter_profiles(chapter_ids: list[str]) -> tuple[dict[str, str], dict[str, 
     return profiles, lacking
 
 
+def default_jobs() -> int:
+    """Chapters executed side by side by default: two where there are two cores or more (a chapter's kernel
+    spends much of its time in one thread), else one."""
+    return 2 if (os.cpu_count() or 1) >= 2 else 1
+
+
 def build_book(profile: str | None = None, progress: bool = True, root: Path = ROOT,
-               reuse: Path | None = None, build: Path | None = None) -> Path:
+               reuse: Path | None = None, build: Path | None = None, jobs: int | None = None) -> Path:
     """Execute every chapter into a staging copy of the book, then build HTML into `_build/html`.
 
     `profile` None builds the published book: each chapter from its committed records where they are
     all there, else in the smoke profile (see `chapter_profiles`). "smoke" or "full" builds every
     chapter in that profile; "full" renders from records only and fails on a missing one. `reuse`: a
     folder of chapters already executed in the smoke profile (by an earlier build), copied instead
-    of executed again. `build`: the output folder (default `_build` in the checkout). Jupyter Book renders the executed notebooks as they are (`execute_notebooks:
-    off`), with Sphinx warnings as errors, so a failed chapter or a broken reference fails the build.
+    of executed again. `build`: the output folder (default `_build` in the checkout). `jobs`: chapters
+    executed side by side (default `default_jobs()`), each kernel with its share of the cores; chapters that
+    need a record another is still training train it too, and both write the same record. Jupyter Book
+    renders the executed notebooks as they are (`execute_notebooks: off`), with Sphinx warnings as errors,
+    so a failed chapter or a broken reference fails the build.
     """
     build = Path(build) if build is not None else root / "_build"
     staging = build / "source"
@@ -257,7 +277,10 @@ def build_book(profile: str | None = None, progress: bool = True, root: Path = R
         profiles, lacking = chapter_profiles([c.id for c in all_chapters])
     else:
         profiles, lacking = {c.id: profile for c in all_chapters}, {}
-    for chapter in all_chapters:
+    jobs = max(1, jobs or default_jobs())
+    threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
+
+    def execute(chapter: Chapter) -> None:
         started = time.perf_counter()
         chosen = profiles[chapter.id]
         reused = reuse / chapter.path.name if reuse is not None and chosen == "smoke" else None
@@ -268,9 +291,20 @@ def build_book(profile: str | None = None, progress: bool = True, root: Path = R
         else:
             how = "from its committed records" if chosen == "full" else "smoke profile"
             print(f"cifar-tl: executing {chapter.id} ({how})", file=sys.stderr)
-            run_chapter(chapter, staging / "notebooks", {"profile": chosen}, progress, render_only=chosen == "full")
+            run_chapter(chapter, staging / "notebooks", {"profile": chosen}, progress and jobs == 1,
+                        render_only=chosen == "full", threads=threads)
         timings[chapter.id] = round(time.perf_counter() - started, 1)
-    print(f"cifar-tl: chapter times (s): {timings}", file=sys.stderr)
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:  # each chapter is its own kernel process
+        futures = [pool.submit(execute, chapter) for chapter in all_chapters]
+        try:
+            for future in futures:  # the first failure in reading order is the one reported
+                future.result()
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+    print(f"cifar-tl: chapter times (s): {({c.id: timings[c.id] for c in all_chapters})}", file=sys.stderr)
     if lacking:
         print(f"cifar-tl: {len(lacking)} chapter(s) built in the smoke profile, their full-profile records not all "
               "committed yet (`cifar-tl campaign --status` lists them, `cifar-tl campaign` trains them):",

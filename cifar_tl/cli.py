@@ -186,6 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     book.add_argument("--reuse-smoke", metavar="DIR",
                       help="copy chapters to be built in the smoke profile from DIR (executed earlier) instead of "
                            "executing them again")
+    book.add_argument("--jobs", type=int, metavar="N",
+                      help="chapters executed side by side, each with its share of the cores (default: 2 where there "
+                           "are two cores or more, else 1)")
     return parser
 
 
@@ -354,8 +357,10 @@ def _book(args) -> None:
     for folder in (args.reuse_smoke,):
         if folder and not Path(folder).is_dir():
             raise UserError(f"--reuse-smoke {folder!r} is not a folder of executed chapters")
+    if args.jobs is not None and args.jobs < 1:
+        raise UserError(f"--jobs must be at least 1, not {args.jobs}")
     html = build_book(args.profile, reuse=Path(args.reuse_smoke) if args.reuse_smoke else None,
-                      build=Path(args.build_dir).absolute() if args.build_dir else None)
+                      build=Path(args.build_dir).absolute() if args.build_dir else None, jobs=args.jobs)
     print(f"cifar-tl: built {html / 'index.html'} in {time.perf_counter() - started:.0f} s", file=sys.stderr)
 
 
@@ -378,6 +383,7 @@ def _exit_on_sigterm(signum, frame):
 def main(argv: list[str] | None = None) -> int:
     debug = os.environ.get("CIFAR_TL_DEBUG", "") not in ("", "0")
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    saved_results = os.environ.get("CIFAR_TL_RESULTS")  # `campaign --results` sets it for the command's runs
     try:
         args = build_parser().parse_args(argv)
         debug = debug or args.debug
@@ -424,6 +430,11 @@ def main(argv: list[str] | None = None) -> int:
         print("cifar-tl: interrupted; nothing half-written was kept. Run the same command again: a training run "
               "resumes from its last finished epoch", file=sys.stderr)
         return 130
+    finally:  # main called in-process (tests, notebooks) leaves the caller's environment as it was
+        if saved_results is None:
+            os.environ.pop("CIFAR_TL_RESULTS", None)
+        else:
+            os.environ["CIFAR_TL_RESULTS"] = saved_results
 
 
 if __name__ == "__main__":

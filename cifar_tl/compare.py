@@ -16,14 +16,12 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .backbones import BACKBONES, check_backbone, create_model, torchvision_checkpoint, weights_identity
+from .backbones import BACKBONES, FROM_SCRATCH, check_backbone, create_model, torchvision_checkpoint, weights_identity
 from .errors import UserError
 from .results import machine_name
 from .stats import accuracies, fmt_mean_std
 from .train import autocast, place_model
 
-# Backbones with no pretrained weights: trained from scratch (the `scratch` recipe), every parameter trains.
-FROM_SCRATCH = ("simple_cnn",)
 NO_WEIGHTS_TEXT = "weights not available here"
 NOT_RUN_TEXT = "not run"
 NO_GPU_TEXT = "no GPU here"

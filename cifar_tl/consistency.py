@@ -36,7 +36,7 @@ from .recipes import Consistency, Recipe
 from .resume import StateFile
 from .self_training import POOL_DESCRIPTION
 from .train import (TrainResult, _augments, _stage_steps, _state, autocast, classification_metrics, compute_outputs,
-                    distance_from_start, epochs_done, eval_batch_size, finish_training, lr_factor, make_batch,
+                    epoch_record, epochs_done, eval_batch_size, finish_training, lr_factor, make_batch,
                     make_ema, make_optimizer, place_model, resume_from, set_learning_rates, set_trainable, weights_of)
 
 
@@ -178,14 +178,7 @@ def consistency_train(model: Classifier, recipe: Recipe, x_train: torch.Tensor, 
             val = classification_metrics(val_logits, y_val.cpu().numpy(), n_classes)
             epoch += 1
             record = {
-                "epoch": epoch,
-                "stage": stage_index + 1,
-                "train_loss": loss_sum.item() / max(seen, 1),
-                "train_accuracy": correct.item() / max(seen, 1),
-                "val_loss": val["loss"],
-                "val_accuracy": val["accuracy"],
-                "lr": lrs_at_start,
-                "distance_from_pretrained": distance_from_start(model, start_weights),
+                **epoch_record(epoch, stage_index, loss_sum, correct, seen, val, lrs_at_start, model, start_weights),
                 "unlabelled_loss": unlabelled_sum.item() / max(steps_per_epoch, 1),
                 "mask_rate": kept.item() / max(steps_per_epoch * unlabelled_size, 1),
             }

@@ -242,7 +242,7 @@ def sync_repository_url(root: Path = ROOT) -> list[str]:
 
 def readme_table(records: dict[str, list[dict]] | None = None) -> str:
     """The README's table of the measured rungs, as Markdown (`python -m cifar_tl.course readme-table` prints it;
-    tests/test_course.py checks the README's against the records)."""
+    tests/test_course.py checks the README's numbers against the same records' story table)."""
     records = book_records() if records is None else records
     table = story_table(records)
     rows = [f"| `{name}` | {table.loc[name, 'chapter']} | {table.loc[name, 'what it adds']} | "

@@ -9,8 +9,9 @@ class UserError(Exception):
 
 
 class DiskFullError(UserError):
-    """A write ran out of disk space (or quota). The file being written is as it was before: atomic writes
-    rename their temporary file onto it only when it is complete, and delete it when they fail."""
+    """A write ran out of disk space (or quota). Written through `files.atomic_path`, the file is as it was
+    before (its temporary file is renamed onto it only when complete, and deleted on failure); elsewhere the
+    caller removes what it had written."""
 
     def __init__(self, path, needed: int | None = None, free: int | None = None, earlier: bool | None = None):
         self.path, self.needed, self.free = path, needed, free

@@ -79,11 +79,8 @@ def provenance(records: list[dict]) -> str:
 
 
 def decision_outcome(decided: dict) -> str:
-    """"better", "worse" or "no clear difference" (from `ladder.decision`'s `outcome` where it gives one; else
-    from the sign of the mean paired validation difference)."""
-    if decided.get("outcome"):
-        return decided["outcome"]
-    return "better" if decided["supported"] else "worse" if decided["mean_delta"] < 0 else "no clear difference"
+    """"better", "worse" or "no clear difference": `ladder.decision`'s `outcome`."""
+    return decided["outcome"]
 
 
 def decision_evidence(decided: dict) -> str:
@@ -121,9 +118,6 @@ MEASURED_NOT_SELECTED = ("The ladder is measured, not selected: every rung is fi
 
 
 def decision_rule(decided: dict) -> str:
-    """The rule the decisions follow, as a sentence for a page (`ladder.decision`'s own when it states one)."""
-    rule = (decided.get("rule") or "").strip()
-    if not rule:
-        return ("The rule: a step counts as better when the mean of its paired validation differences (same subsets, "
-                "new minus base) is above zero; test accuracy decides nothing.")
+    """The rule the decisions follow (`ladder.decision`'s `rule`), as a sentence for a page."""
+    rule = decided["rule"].strip()
     return f"The rule: {rule[0].lower() + rule[1:]}{'' if rule.endswith('.') else '.'}"

@@ -184,6 +184,7 @@ def ladder_story(test: dict[str, list[float]], validation: dict[str, list[float]
     figure, for comparison)."""
     names = list(test)
     fig, ax = plt.subplots(figsize=(7.4, 0.42 * len(names) + 1.3))
+    first_validation = next((name for name in names if validation.get(name)), None)  # the one legend entry
     for i, name in enumerate(names):
         y = len(names) - 1 - i
         values = np.asarray(test[name], dtype=float)
@@ -193,7 +194,7 @@ def ladder_story(test: dict[str, list[float]], validation: dict[str, list[float]
         ax.text(values.mean() + 0.01, y, f"{100 * values.mean():.1f}%", va="center", fontsize=8)
         if validation.get(name):
             ax.scatter(np.mean(validation[name]), y, marker="D", facecolors="none", edgecolors="C1", s=30, zorder=4,
-                       label="validation (mean)" if i == 0 else None)
+                       label="validation (mean)" if name == first_validation else None)
     if reference is not None:
         ax.axvline(reference[0], color="grey", lw=1, ls=":")
         ax.text(reference[0], len(names) - 0.4, reference[1], fontsize=7, ha="right", color="grey")

@@ -358,6 +358,7 @@ class Profile:
     max_epochs: int | None  # a cap on each stage's epochs; None keeps the recipe's
     meaningful: bool
     pool_limit: int | None = None  # a cap on the unlabelled images of self-training and consistency; None keeps the recipe's
+    unlabelled_ratio_limit: int | None = None  # a cap on consistency training's unlabelled images per labelled one
     reads_test: bool = True  # False: the run never touches the test split (a pilot, for choosing settings)
 
 
@@ -367,8 +368,9 @@ PROFILES: dict[str, Profile] = {
         Profile(
             "smoke",
             "proves the code runs: 32x32 input, at most 2 epochs a stage, 2 subsets, 500 test images, "
-            "at most 500 unlabelled images",
+            "at most 500 unlabelled images (and FixMatch batches with one per labelled image)",
             image_size=32, seeds=(0, 1), test_limit=500, max_epochs=2, meaningful=False, pool_limit=500,
+            unlabelled_ratio_limit=1,
         ),
         Profile(
             "pilot",
@@ -411,8 +413,8 @@ def scaled_stages(recipe: Recipe | SelfTraining | Consistency, max_epochs: int |
 
 def as_run(recipe: Recipe, profile: Profile, epochs: int | None = None) -> Recipe:
     """`recipe` as `profile` runs it: every stage (the students' and the consistency training's too) through
-    `scaled_stages`, and the unlabelled images a self-training or consistency recipe uses capped by the
-    profile's `pool_limit`."""
+    `scaled_stages`, the unlabelled images a self-training or consistency recipe uses capped by the profile's
+    `pool_limit`, and consistency training's unlabelled images per labelled one by `unlabelled_ratio_limit`."""
     stages = scaled_stages(recipe, profile.max_epochs, epochs)
 
     def scaled(unlabelled):
@@ -421,7 +423,10 @@ def as_run(recipe: Recipe, profile: Profile, epochs: int | None = None) -> Recip
         pool = unlabelled.pool_images
         if profile.pool_limit is not None:
             pool = profile.pool_limit if pool is None else min(pool, profile.pool_limit)
-        return replace(unlabelled, stages=scaled_stages(unlabelled, profile.max_epochs, epochs), pool_images=pool)
+        scaled = replace(unlabelled, stages=scaled_stages(unlabelled, profile.max_epochs, epochs), pool_images=pool)
+        if isinstance(unlabelled, Consistency) and profile.unlabelled_ratio_limit is not None:
+            scaled = replace(scaled, unlabelled_ratio=min(unlabelled.unlabelled_ratio, profile.unlabelled_ratio_limit))
+        return scaled
 
     return replace(recipe, stages=stages, self_training=scaled(recipe.self_training),
                    consistency=scaled(recipe.consistency))

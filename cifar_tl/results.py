@@ -10,6 +10,12 @@ from pathlib import Path
 BENCH_FOLDER = "bench"
 
 
+def record_files(folder: Path) -> list[Path]:
+    """The JSON files under `folder`, recursively and sorted, that may be run records: those in `bench/`
+    folders are speed measurements and are left out."""
+    return [path for path in sorted(folder.rglob("*.json")) if BENCH_FOLDER not in path.relative_to(folder).parts[:-1]]
+
+
 def read_records(folder) -> tuple[list[dict], list[str]]:
     """Every run record (JSON) under `folder`, recursively, and the names of files that are not records.
 
@@ -20,9 +26,7 @@ def read_records(folder) -> tuple[list[dict], list[str]]:
     records, skipped = [], []
     if not folder.is_dir():
         return records, skipped
-    for path in sorted(folder.rglob("*.json")):
-        if BENCH_FOLDER in path.relative_to(folder).parts[:-1]:
-            continue
+    for path in record_files(folder):
         try:
             record = json.loads(path.read_text())
         except (OSError, ValueError):

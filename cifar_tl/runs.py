@@ -327,13 +327,11 @@ def _committed_record(path: Path, size: int, mtime_ns: int) -> dict | None:
 
 def committed_records() -> list[tuple[Path, dict]]:
     """Every readable run record under the results folders, with its path."""
-    from .results import BENCH_FOLDER
+    from .results import record_files
 
     found = []
     for folder in results_dirs():
-        for path in sorted(folder.rglob("*.json")):
-            if BENCH_FOLDER in path.relative_to(folder).parts[:-1]:  # speed measurements, not runs
-                continue
+        for path in record_files(folder):
             stat = path.stat()
             record = _committed_record(path, stat.st_size, stat.st_mtime_ns)
             if isinstance(record, dict) and {"config", "metrics", "identity"} <= record.keys():
@@ -528,6 +526,10 @@ def run(config: RunConfig, force: bool = False, progress: bool = True, device: s
     train_idx, val_idx = balanced_subset(
         dataset.train_labels, config.per_class, config.val_per_class, config.seed, dataset.classes
     )
+    if (recipe.self_training or recipe.consistency) and len(train_idx) + len(val_idx) == len(dataset.train_images):
+        raise UserError(f"recipe {config.recipe} trains on unlabelled images too, but there are none left: every "
+                        "training image is in the labelled subset or the validation split; use a smaller "
+                        "--per-class or --val-per-class")  # said before training, not after it
     reads_test = get_profile(config.profile).reads_test
     if not reads_test:  # a pilot chooses settings: the test split is not even at hand
         dataset = replace(dataset, test_images=_NO_TEST_SET, test_labels=_NO_TEST_SET)

@@ -504,22 +504,29 @@ def train(
                 set_trainable(model, stage)  # compute_outputs restored train mode: re-freeze BatchNorm
             val = classification_metrics(val_logits, y_val.cpu().numpy(), model.head.out_features)
             epoch += 1
-            record = {
-                "epoch": epoch,
-                "stage": stage_index + 1,
-                "train_loss": loss_sum.item() / max(seen, 1),
-                "train_accuracy": correct.item() / max(seen, 1),
-                "val_loss": val["loss"],
-                "val_accuracy": val["accuracy"],
-                "lr": lrs_at_start,
-                "distance_from_pretrained": distance_from_start(model, start_weights),
-            }
+            record = epoch_record(epoch, stage_index, loss_sum, correct, seen, val, lrs_at_start, model, start_weights)
             result.history.append(record)
             bar.set_postfix(train=f"{record['train_accuracy']:.3f}", val=f"{record['val_accuracy']:.3f}")
             if state is not None:
                 state.save(_state(model, optimizer, ema, generator, rng, result, stage_index, call_started))
     finish_training(model, ema, start_weights, result, state, generator, rng, call_started)
     return result
+
+
+def epoch_record(epoch: int, stage_index: int, loss_sum: torch.Tensor, correct: torch.Tensor, seen: int, val: dict,
+                 lrs: dict, model: Classifier, start_weights: dict) -> dict:
+    """One epoch's entry of a run's history: training loss and accuracy (summed on the device over `seen`
+    images), validation, the learning rates it started with, and each group's distance from the start."""
+    return {
+        "epoch": epoch,
+        "stage": stage_index + 1,
+        "train_loss": loss_sum.item() / max(seen, 1),
+        "train_accuracy": correct.item() / max(seen, 1),
+        "val_loss": val["loss"],
+        "val_accuracy": val["accuracy"],
+        "lr": lrs,
+        "distance_from_pretrained": distance_from_start(model, start_weights),
+    }
 
 
 def _state(model, optimizer, ema, generator, rng, result: TrainResult, stage_index: int | None,

@@ -114,7 +114,7 @@ def checkpoint_dir(jpeg_archive, tmp_path_factory) -> Path:
     return folder
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture  # one test uses it: stopped right after it, not kept serving beside the book build
 def app_url(checkpoint_dir, jpeg_archive, tmp_path_factory):
     """`cifar-tl app` on a free port, its examples from the CIFAR-10 copy; stopped afterwards."""
     port = free_port()
@@ -176,7 +176,7 @@ def test_app_classifies_an_example_with_every_model(browser, app_url, checkpoint
     page.close()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture  # one test uses it: stopped right after it
 def hostile_app(checkpoint_dir, jpeg_archive, tmp_path_factory):
     """`cifar-tl app` on a folder of one good checkpoint among a pickle with code in it and random bytes, and
     the files a user might upload. Yields (url, uploads folder, marker: created only if the pickle's code ran)."""

@@ -16,7 +16,7 @@ import torch
 import cifar_tl.runs as runs_module
 from cifar_tl import campaign
 from cifar_tl.campaign import PlannedRun, book_runs, claim, run_campaign, save_to_results
-from cifar_tl.chapters import ROOT, _kernel_environment, chapters
+from cifar_tl.chapters import ROOT, chapters, kernel_environment
 from cifar_tl.errors import UserError
 from cifar_tl.recipes import RECIPES, SEARCH
 from cifar_tl.runs import committed_records, make_config, run, stale_reason
@@ -210,7 +210,7 @@ def test_the_campaign_trains_what_is_missing_once_and_resumes(tiny_dataset, tmp_
     saved = list(results.rglob("*.json"))
     assert len(saved) == 1 and saved[0].parent.name == campaign.machine_slug()
     err = capsys.readouterr().err
-    assert "0 of 2 full-profile runs" in err and "; 2 missing:" in err, err  # what was left before the first
+    assert "0 of 2 runs of the book" in err and "; 2 missing:" in err, err  # what was left before the first
     assert "training linear_probe-simple_cnn-s" in err and "1 missing" not in err, err
     assert run_campaign(results, data=str(tiny_dataset), progress=False) == 1  # resumed: only the other one
     assert run_campaign(results, data=str(tiny_dataset), progress=False) == 0
@@ -244,14 +244,24 @@ def test_relative_paths_are_resolved_against_the_folder_the_command_ran_in(tmp_p
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("CIFAR_TL_DATA", "../shared/data/x.tar.gz")
     monkeypatch.setenv("CIFAR_TL_CACHE", "cache")
-    with _kernel_environment():
-        assert os.environ["CIFAR_TL_DATA"] == str(tmp_path / "../shared/data/x.tar.gz")
-        assert os.environ["CIFAR_TL_CACHE"] == str(tmp_path / "cache")
-    assert os.environ["CIFAR_TL_DATA"] == "../shared/data/x.tar.gz"  # restored afterwards
+    env = kernel_environment()
+    assert env["CIFAR_TL_DATA"] == str(tmp_path / "../shared/data/x.tar.gz")
+    assert env["CIFAR_TL_CACHE"] == str(tmp_path / "cache")
+    assert "CIFAR_TL_RENDER_ONLY" not in env
+    assert os.environ["CIFAR_TL_DATA"] == "../shared/data/x.tar.gz"  # this process's environment is left alone
     monkeypatch.setenv("CIFAR_TL_DATA", "cifar10")
-    with _kernel_environment(render_only=True):
-        assert os.environ["CIFAR_TL_DATA"] == "cifar10" and os.environ["CIFAR_TL_RENDER_ONLY"] == "1"
-    assert "CIFAR_TL_RENDER_ONLY" not in os.environ
+    monkeypatch.setenv("CIFAR_TL_RENDER_ONLY", "1")
+    env = kernel_environment(render_only=True)
+    assert env["CIFAR_TL_DATA"] == "cifar10" and env["CIFAR_TL_RENDER_ONLY"] == "1"
+    assert "CIFAR_TL_RENDER_ONLY" not in kernel_environment(render_only=False)  # a smoke chapter trains
+
+
+def test_kernels_side_by_side_share_the_cores_unless_told_otherwise(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert kernel_environment(threads=3)["OMP_NUM_THREADS"] == "3"
+    assert "OMP_NUM_THREADS" not in kernel_environment()
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert kernel_environment(threads=3)["OMP_NUM_THREADS"] == "1"  # the user's setting is kept
 
 
 def test_the_readme_states_the_records_numbers():

@@ -18,6 +18,7 @@ import cifar_tl.runs as runs_module
 from cifar_tl import consistency
 from cifar_tl.backbones import create_model
 from cifar_tl.data import balanced_subset
+from cifar_tl.errors import UserError
 from cifar_tl.files import cache_dir
 from cifar_tl.recipes import PROFILES, RECIPES, Consistency, Recipe, SelfTraining, Stage, as_run
 from cifar_tl.runs import make_config, run, stale_reason
@@ -55,6 +56,8 @@ def test_the_fixmatch_recipe_and_what_a_profile_makes_of_it():
     smoke = as_run(recipe, PROFILES["smoke"])
     assert smoke.consistency.pool_images == PROFILES["smoke"].pool_limit
     assert all(s.epochs <= PROFILES["smoke"].max_epochs for s in smoke.consistency.stages + smoke.stages)
+    assert recipe.consistency.unlabelled_ratio == 7 and smoke.consistency.unlabelled_ratio == 1  # compute, scaled
+    assert as_run(recipe, PROFILES["pilot"]).consistency.unlabelled_ratio == 7
     assert as_run(recipe, PROFILES["full"]) == recipe  # the full profile runs the recipe as written
     assert recipe.as_dict()["consistency"]["stages"][0]["epochs"] == 10
     for name, other in RECIPES.items():
@@ -134,7 +137,7 @@ def test_a_smoke_fixmatch_run_records_how_it_used_the_unlabelled_images(tiny_dat
     section = record["consistency"]
     assert section["pool"]["available"] == section["pool"]["used"] == 90 - 15 - 15
     assert section["pool"]["labels_given_to_training"] is False
-    assert section["settings"] == {"pool_images": 500, "unlabelled_ratio": 7, "threshold": 0.95, "weight": 1.0,
+    assert section["settings"] == {"pool_images": 500, "unlabelled_ratio": 1, "threshold": 0.95, "weight": 1.0,
                                    "weak": "crop_flip", "strong": "strong"}
     phases = [h["phase"] for h in record["history"]]
     assert phases == ["labelled"] * 4 + ["consistency"] * 2  # full's two stages, then the consistency stage
@@ -149,7 +152,7 @@ def test_a_smoke_fixmatch_run_records_how_it_used_the_unlabelled_images(tiny_dat
     diagnostics = section["diagnostics"]
     assert "withheld labels" in diagnostics["note"] and "for the reader only" in diagnostics["note"]
     last = diagnostics["last_epoch"]
-    assert last["epoch"] == 6 and last["pool_images_drawn"] == 7 * 15  # one step of 15 labelled images an epoch
+    assert last["epoch"] == 6 and last["pool_images_drawn"] == 1 * 15  # one step of 15 labelled images an epoch
     assert last["pseudo_labels"] == round(record["history"][-1]["mask_rate"] * last["pool_images_drawn"])
     assert last["pseudo_label_accuracy"] is None or 0 <= last["pseudo_label_accuracy"] <= 1
     assert record["identity"]["recipe"]["consistency"]["threshold"] == 0.95  # the settings decide the record
@@ -236,3 +239,12 @@ def test_a_changed_copy_of_the_recipe_is_checked_too():
     assert replace(recipe, name="other").consistency == recipe.consistency
     with pytest.raises(ValueError, match="not both"):
         replace(recipe, self_training=SelfTraining(stages=recipe.stages))
+
+
+@pytest.mark.parametrize("recipe", ["fixmatch", "self_training"])
+def test_a_recipe_that_needs_unlabelled_images_says_so_before_training(tiny_dataset, monkeypatch, recipe):
+    config = make_config(recipe, "simple_cnn", per_class=15, val_per_class=15, seed=0, profile="smoke",
+                         image_size=32, data=str(tiny_dataset), precision="fp32", device="cpu")
+    monkeypatch.setattr(runs_module, "train", lambda *a, **k: pytest.fail("trained before saying the pool is empty"))
+    with pytest.raises(UserError, match="there are none left.*smaller --per-class or --val-per-class"):
+        run(config, progress=False, device="cpu")

@@ -235,6 +235,7 @@ ROWS = [
     Row("book: unknown profile", lambda w: ["book", "--profile", "huge"], 2, "unknown profile 'huge'"),
     Row("book: --reuse-smoke missing", lambda w: ["book", "--reuse-smoke", str(w.root / "nowhere")], 2,
         "is not a folder of executed chapters"),
+    Row("book: no chapter at a time", lambda w: ["book", "--jobs", "0"], 2, "--jobs must be at least 1, not 0"),
     Row("book: full disk for the build", lambda w: ["book", "--profile", "smoke", "--build-dir", w["disk build"]], 2,
         "no space left on the disk to write", full_disk=lambda w: w.disk),
     # -- campaign -----------------------------------------------------------------------------------------

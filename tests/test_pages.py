@@ -150,7 +150,7 @@ def test_directed_confusions_and_per_class_accuracy_sum_over_subsets():
 
 def test_decision_table_shows_the_interval_when_the_decision_gives_one():
     decided = {"base": "a", "new": "b", "mean_delta": 0.01, "mean_delta_points": "+1.0", "deltas": {0: 0.01, 1: 0.01},
-               "n": 2, "rose_in": 2, "supported": True, "in_ladder": True}
+               "n": 2, "rose_in": 2, "supported": True, "in_ladder": True, "outcome": "better"}
     assert "95% interval (pp)" not in tables.decision_table([decided]).columns
     with_interval = {**decided, "interval_points": "-0.4 to +2.1", "outcome": "no clear difference"}
     table = tables.decision_table([with_interval])

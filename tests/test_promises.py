@@ -100,7 +100,7 @@ def test_campaign_status_lists_what_is_missing_and_what_is_stale(jpeg_archive, t
     assert status.returncode == 0, status.stderr
     lines = status.stdout.splitlines()
     planned = campaign.book_runs()
-    assert lines[0].startswith(f"1 of {len(planned)} full-profile runs") and f"{len(planned) - 1} missing" in lines[0]
+    assert lines[0].startswith(f"1 of {len(planned)} runs of the book") and f"{len(planned) - 1} missing" in lines[0]
     listed = {line.split()[0] for line in lines[1:] if line.startswith("  ")}
     assert listed == {p.label for p in planned} - {done_label}  # every missing run, and not the committed one
     assert [line for line in lines if line.startswith(f"stale: {stale_path}: made at result revision 0")]
