@@ -151,11 +151,13 @@ KERNEL_START_SECONDS = 600
 
 
 def run_chapter(chapter: Chapter, out_dir: Path, parameters: dict, progress: bool = True,
-                render_only: bool = False, threads: int | None = None) -> Path:
+                render_only: bool = False, threads: int | None = None, env: dict[str, str] | None = None) -> Path:
     """Execute `chapter` with papermill into `out_dir`; the output appears only if it succeeds.
 
     With `render_only`, runs come from committed records and nothing is trained (CIFAR_TL_RENDER_ONLY).
-    `threads`: the intra-op threads the kernel may use (see `kernel_environment`)."""
+    `threads`: the intra-op threads the kernel may use. `env`: the kernel's environment, made by
+    `kernel_environment` (default: made here from these settings). The kernel starts in the chapter's folder;
+    this process's working directory is never changed (papermill's `cwd` would change it for every thread)."""
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
@@ -166,13 +168,13 @@ def run_chapter(chapter: Chapter, out_dir: Path, parameters: dict, progress: boo
         parameters["data"] = str(Path(parameters["data"]).expanduser().absolute())  # the kernel runs elsewhere
     out_dir.mkdir(parents=True, exist_ok=True)
     out = out_dir / chapter.path.name
-    env = kernel_environment(render_only, threads)
+    env = env if env is not None else kernel_environment(render_only, threads)
     with atomic_path(out) as tmp, tempfile.TemporaryDirectory() as sockets:
         try:
             papermill.execute_notebook(
-                str(chapter.path), str(tmp), parameters=parameters, kernel_name="python3",
-                cwd=str(chapter.path.parent), progress_bar=progress, log_output=False,
-                kernel_manager_class=_local_kernel_manager(Path(sockets), env),
+                str(chapter.path.absolute()), str(Path(tmp).absolute()), parameters=parameters, kernel_name="python3",
+                progress_bar=progress, log_output=False,
+                kernel_manager_class=_local_kernel_manager(Path(sockets), env, chapter.path.parent.absolute()),
                 start_timeout=KERNEL_START_SECONDS,
             )
         except PapermillExecutionError as exc:
@@ -183,10 +185,10 @@ def run_chapter(chapter: Chapter, out_dir: Path, parameters: dict, progress: boo
     return out
 
 
-def _local_kernel_manager(folder: Path, env: dict[str, str]):
+def _local_kernel_manager(folder: Path, env: dict[str, str], cwd: Path):
     """A kernel manager that talks to its kernel over Unix sockets in `folder` (IPC), not over TCP: nothing
     leaves the machine, and the kernel has no reason to warn about unencrypted TCP on every chapter. The
-    kernel starts with `env`."""
+    kernel starts with `env`, in `cwd`."""
     from jupyter_client.manager import KernelManager
 
     class LocalKernelManager(KernelManager):
@@ -195,6 +197,7 @@ def _local_kernel_manager(folder: Path, env: dict[str, str]):
 
         def start_kernel(self, **kwargs):
             kwargs.setdefault("env", env)
+            kwargs["cwd"] = str(cwd)
             return super().start_kernel(**kwargs)
 
     return LocalKernelManager
@@ -279,6 +282,8 @@ def build_book(profile: str | None = None, progress: bool = True, root: Path = R
         profiles, lacking = {c.id: profile for c in all_chapters}, {}
     jobs = max(1, jobs or default_jobs())
     threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
+    # Made here, once, before any thread runs: relative paths are taken from the folder the build started in.
+    envs = {mode: kernel_environment(mode, threads) for mode in (False, True)}
 
     def execute(chapter: Chapter) -> None:
         started = time.perf_counter()
@@ -292,7 +297,7 @@ def build_book(profile: str | None = None, progress: bool = True, root: Path = R
             how = "from its committed records" if chosen == "full" else "smoke profile"
             print(f"cifar-tl: executing {chapter.id} ({how})", file=sys.stderr)
             run_chapter(chapter, staging / "notebooks", {"profile": chosen}, progress and jobs == 1,
-                        render_only=chosen == "full", threads=threads)
+                        render_only=chosen == "full", env=envs[chosen == "full"])
         timings[chapter.id] = round(time.perf_counter() - started, 1)
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:  # each chapter is its own kernel process

@@ -132,3 +132,31 @@ def test_the_published_book_renders_complete_chapters_from_records(published_boo
         if all_literal and complete:
             assert from_records, (chapter, "every run it shows is committed, yet it was built in the smoke profile")
     assert "01-data (from its committed records)" in log  # the data chapter shows no runs: always from records
+
+
+def test_chapters_run_side_by_side_each_with_its_environment_in_its_folder(tmp_path, monkeypatch):
+    """Kernels started from two threads at once: each gets the paths made absolute against the folder the
+    command ran in and starts in its chapter's folder, and this process's working directory never moves
+    (papermill's own `cwd` would chdir the whole process under the other thread)."""
+    import nbformat
+    from concurrent.futures import ThreadPoolExecutor
+
+    from cifar_tl.chapters import Chapter, run_chapter
+
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    found = []
+    for i in range(4):
+        notebook = nbformat.v4.new_notebook()
+        notebook.cells = [nbformat.v4.new_code_cell(
+            "import os, time; time.sleep(1); print(os.environ['CIFAR_TL_DATA'], os.getcwd())")]
+        nbformat.write(notebook, folder / f"n{i}.ipynb")
+        found.append(Chapter(f"n{i}", f"n{i}", Path("notebooks") / f"n{i}.ipynb"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CIFAR_TL_DATA", "data/x.tar.gz")
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(lambda c: run_chapter(c, Path("out"), {}, progress=False, threads=1), found))
+    assert Path.cwd() == tmp_path
+    for chapter in found:
+        printed = nbformat.read(tmp_path / "out" / f"{chapter.id}.ipynb", as_version=4).cells[0].outputs[0]["text"]
+        assert printed.split() == [str(tmp_path / "data/x.tar.gz"), str(folder)]
