@@ -18,8 +18,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .checkpoints import HOW_TO_MAKE, MAX_IMAGE_PIXELS, load_checkpoint, predict_arrays, read_image
-from .errors import UserError, format_bytes
+from cifar_tl.core.errors import UserError, format_bytes
+from cifar_tl.data.images import MAX_IMAGE_PIXELS, read_image
+from cifar_tl.models.checkpoints import HOW_TO_MAKE, load_checkpoint
+from cifar_tl.models.predict import predict_arrays
 
 EXAMPLE_DISPLAY_SIZE = 128
 MAX_EXAMPLES = 10
@@ -129,7 +131,7 @@ def example_images(infos: list[dict], data: str | None = None) -> tuple[list[tup
     checkpoints were trained on, and that data's name. The data resolves as everywhere in cifar_tl: `data`,
     else $CIFAR_TL_DATA, else CIFAR-10 through torchvision. Where it cannot be loaded, or is other data
     than the checkpoints', drawn shapes and None (with one line on stderr saying why)."""
-    from .data import load_dataset, resolve_source
+    from cifar_tl.data.sources import load_dataset, resolve_source
 
     source = resolve_source(data)
     try:

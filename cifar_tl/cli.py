@@ -15,7 +15,7 @@ import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from .errors import UserError
+from cifar_tl.core.errors import UserError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -57,7 +57,7 @@ def _positive_int(text: str) -> int:
 
 
 def _seed(text: str) -> int:
-    from .data import MAX_SEED
+    from cifar_tl.data.subsets import MAX_SEED
 
     value = _non_negative_int(text)
     if value > MAX_SEED:
@@ -87,9 +87,10 @@ def _non_negative_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .backbones import BACKBONES
-    from .recipes import PROFILES, RECIPES
-    from .train import PRECISIONS
+    from cifar_tl.core.device import PRECISIONS
+    from cifar_tl.models.backbones import BACKBONES
+    from cifar_tl.training.profiles import PROFILES
+    from cifar_tl.training.recipes import RECIPES
 
     precision_help = ("bf16 autocast or fp32; auto (the default): bf16 where the hardware runs it natively "
                       "(a GPU with bf16, a CPU with AVX-512 BF16 or AMX), else fp32")
@@ -193,7 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _train(args) -> None:
-    from .runs import make_config, run
+    from cifar_tl.records.identity import make_config
+    from cifar_tl.records.runner import run
 
     config = make_config(
         args.recipe, args.backbone, per_class=args.per_class, seed=args.seed, profile=args.profile,
@@ -201,7 +203,7 @@ def _train(args) -> None:
         val_per_class=args.val_per_class, data=args.data, precision=args.precision, device=args.device,
     )
     if args.save_checkpoint:
-        from .checkpoints import save_checkpoint
+        from cifar_tl.models.checkpoints import save_checkpoint
 
         record, model = run(config, force=args.force, progress=True, device=args.device, return_model=True)
         save_checkpoint(args.save_checkpoint, model, record["data"]["classes"], config.image_size, record)
@@ -209,7 +211,7 @@ def _train(args) -> None:
     else:
         record = run(config, force=args.force, progress=True, device=args.device)
     if args.results:
-        from .campaign import save_to_results
+        from cifar_tl.records.campaign import save_to_results
 
         path = save_to_results(record, Path(args.results))
         print(f"cifar-tl: wrote {path}", file=sys.stderr)
@@ -225,8 +227,8 @@ def _train(args) -> None:
 
 
 def _run_chapter(args) -> None:
-    from .chapters import find_chapter, parse_parameters, run_chapter
-    from .recipes import get_profile
+    from cifar_tl.book.build import find_chapter, parse_parameters, run_chapter
+    from cifar_tl.training.profiles import get_profile
 
     chapter = find_chapter(args.chapter)
     parameters = parse_parameters(chapter, args.parameter)
@@ -238,9 +240,9 @@ def _run_chapter(args) -> None:
 
 
 def _bench(args) -> None:
-    from .backbones import check_backbone
-    from .bench import bench
-    from .files import write_json
+    from cifar_tl.core.files import write_json
+    from cifar_tl.models.backbones import check_backbone
+    from cifar_tl.records.bench import bench
 
     check_backbone(args.backbone)
     result = bench(args.backbone, args.image_size, args.device, args.batch_size, args.steps, args.workers,
@@ -261,7 +263,8 @@ def _bench(args) -> None:
 
 
 def _predict(args) -> None:
-    from .checkpoints import load_checkpoint, predict_images
+    from cifar_tl.models.checkpoints import load_checkpoint
+    from cifar_tl.models.predict import predict_images
 
     model, info = load_checkpoint(args.checkpoint)
     results = predict_images(model, info, args.images, args.top)
@@ -277,16 +280,16 @@ def _predict(args) -> None:
 
 
 def _app(args) -> None:
-    from .app import checkpoint_files, launch
+    from cifar_tl.app import checkpoint_files, launch
 
     checkpoint_files(args.checkpoints)  # a missing or empty folder fails here, before gradio loads
     launch(args.checkpoints, host=args.host, port=args.port)
 
 
 def _results(args) -> None:
-    from .recipes import get_recipe
-    from .results import read_records
-    from .tables import reference_table
+    from cifar_tl.book.tables import reference_table
+    from cifar_tl.records.store import read_records
+    from cifar_tl.training.recipes import get_recipe
 
     if args.base:
         get_recipe(args.base)
@@ -311,10 +314,10 @@ def _results(args) -> None:
 
 
 def _campaign(args) -> None:
-    from .campaign import (book_runs, campaign_order, campaign_status, describe, machine_slug, run_campaign,
-                           train_command)
-    from .recipes import get_recipe
-    from .runs import results_dirs
+    from cifar_tl.records.campaign import (book_runs, campaign_order, campaign_status, describe, machine_slug,
+                                           run_campaign, train_command)
+    from cifar_tl.records.store import results_dirs
+    from cifar_tl.training.recipes import get_recipe
 
     for name in args.recipes or []:
         get_recipe(name)
@@ -328,7 +331,7 @@ def _campaign(args) -> None:
         if not found:
             raise UserError("no results/ folder here: run from a checkout of cifar-tl, or pass --results DIR")
         results = found[0]
-    from .data import check_source
+    from cifar_tl.data.sources import check_source
 
     check_source(args.data)  # a missing path: one line now, before any run is claimed
     if args.status or args.commands:
@@ -345,8 +348,8 @@ def _campaign(args) -> None:
 
 
 def _book(args) -> None:
-    from .chapters import build_book
-    from .recipes import get_profile
+    from cifar_tl.book.build import build_book
+    from cifar_tl.training.profiles import get_profile
 
     if args.profile:
         get_profile(args.profile)
@@ -390,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "train":
             _train(args)
         elif args.command == "chapters":
-            from .chapters import chapters
+            from cifar_tl.book.build import chapters
 
             for chapter in chapters():
                 print(f"{chapter.id}\t{chapter.title}")
@@ -418,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:  # the machine failed under the program: a full disk, a folder it may not write
         if debug:
             raise
-        from .files import os_error_line
+        from cifar_tl.core.files import os_error_line
 
         _end_progress_bars()
         print(f"cifar-tl: error: {os_error_line(exc)}", file=sys.stderr)

@@ -29,7 +29,7 @@ def pytest_addoption(parser):
     parser.addoption(
         "--precision", choices=PRECISION_CHOICES, default="auto",
         help="the precision that the precision-dependent tests (marker `precision`) ask their runs for; each "
-             "expects what cifar_tl.train.resolve_precision makes of it on this machine (default: auto)")
+             "expects what cifar_tl.core.device.resolve_precision makes of it on this machine (default: auto)")
 
 
 @pytest.fixture(scope="session")
@@ -85,7 +85,7 @@ def jpeg_archive() -> Path:
 def cifar_jpeg(jpeg_archive):
     """The real archive loaded once for the session (decodes 60,000 JPEGs: about 10 s), its arrays kept in the
     session's cache; `share_decoded_arrays` hands them to a test's own cache."""
-    from cifar_tl.data import load_dataset
+    from cifar_tl.data.sources import load_dataset
 
     return load_dataset(jpeg_archive, progress=False)
 

@@ -209,7 +209,7 @@ class RunsCode:
 def interrupt_after_saves(monkeypatch, count: int) -> list[int]:
     """Make the `count`-th training-state save raise KeyboardInterrupt once its file is written, as a kill
     right after an epoch would leave it. Returns the list of saves made (it grows)."""
-    from cifar_tl import resume
+    from cifar_tl.core import resume
 
     saves = []
     original = resume.StateFile.save

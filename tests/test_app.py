@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 
 from cifar_tl.app import example_images, trained_on, write_examples
-from cifar_tl.data import load_dataset
+from cifar_tl.data.sources import load_dataset
 
 CLASSES = ["apple", "banana", "cherry"]  # conftest's tiny_dataset
 

@@ -16,9 +16,9 @@ import torch
 from PIL import Image
 
 from cifar_tl.app import MAX_UPLOAD_BYTES, build_app, launch_options, upload_pixels
-from cifar_tl.backbones import create_model
-from cifar_tl.checkpoints import save_checkpoint
-from cifar_tl.errors import UserError
+from cifar_tl.core.errors import UserError
+from cifar_tl.models.backbones import create_model
+from cifar_tl.models.checkpoints import save_checkpoint
 
 from faults import RunsCode, png_claiming
 

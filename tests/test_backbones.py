@@ -11,10 +11,10 @@ import pytest
 import torch
 from torch import nn
 
-from cifar_tl import backbones
-from cifar_tl.backbones import BACKBONES, LITE_MEAN, LITE_STD, Classifier, create_model, weights_identity
-from cifar_tl.errors import UserError
-from cifar_tl.files import sha256_file
+from cifar_tl.core.errors import UserError
+from cifar_tl.core.files import sha256_file
+from cifar_tl.models import backbones
+from cifar_tl.models.backbones import BACKBONES, LITE_MEAN, LITE_STD, Classifier, create_model, weights_identity
 
 LITES = ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
 CHEAP_BACKBONES = ["simple_cnn", *LITES]
@@ -151,7 +151,7 @@ def test_efficientnet_lite0_is_built_as_before_the_lite_variants():
 def test_pretrained_lite_features_separate_cifar_classes_better_than_random_ones(cifar_jpeg, name):
     """Leave-one-out nearest class mean on pooled features of 200 real CIFAR-10 images at 64x64
     (measured: 0.47-0.49 with the ImageNet weights, 0.17-0.20 with random ones; chance is 0.10)."""
-    from cifar_tl.augment import prepare
+    from cifar_tl.data.augment import prepare
 
     labels = torch.as_tensor(cifar_jpeg.train_labels)
     chosen = torch.cat([torch.nonzero(labels == c).flatten()[:20] for c in range(10)])

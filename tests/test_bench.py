@@ -9,10 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from cifar_tl.backbones import create_model
-from cifar_tl.bench import _BENCH_RECIPE, _images
-from cifar_tl.train import make_batch, make_optimizer, pick_device, place_model, resolve_precision, set_trainable, \
-    training_step
+from cifar_tl.core.device import pick_device, place_model, resolve_precision
+from cifar_tl.models.backbones import create_model
+from cifar_tl.records.bench import _BENCH_RECIPE, _images
+from cifar_tl.training.loop import make_batch, training_step
+from cifar_tl.training.schedule import make_optimizer, set_trainable
 
 
 @pytest.mark.precision

@@ -135,7 +135,7 @@ def app_url(checkpoint_dir, jpeg_archive, tmp_path_factory):
 def test_app_classifies_an_example_with_every_model(browser, app_url, checkpoint_dir):
     from playwright.sync_api import expect
 
-    from cifar_tl.checkpoints import load_checkpoint
+    from cifar_tl.models.checkpoints import load_checkpoint
 
     infos = [load_checkpoint(path)[1] for path in sorted(checkpoint_dir.glob("*.pt"))]
     classes = infos[0]["classes"]

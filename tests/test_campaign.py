@@ -13,14 +13,18 @@ from pathlib import Path
 import pytest
 import torch
 
-import cifar_tl.runs as runs_module
-from cifar_tl import campaign
-from cifar_tl.campaign import PlannedRun, book_runs, claim, run_campaign, save_to_results
-from cifar_tl.chapters import ROOT, chapters, kernel_environment
-from cifar_tl.errors import UserError
-from cifar_tl.recipes import RECIPES, SEARCH
-from cifar_tl.runs import committed_records, make_config, run, stale_reason
-from cifar_tl.train import cpu_has_native_bf16, resolve_precision
+from cifar_tl.book.build import ROOT, chapters, kernel_environment
+from cifar_tl.book.chapter import record_for
+from cifar_tl.core.device import cpu_has_native_bf16, resolve_precision
+from cifar_tl.core.errors import UserError
+from cifar_tl.records import campaign
+from cifar_tl.records.campaign import PlannedRun, book_runs, claim, run_campaign, save_to_results
+from cifar_tl.records.identity import make_config, stale_reason
+from cifar_tl.records.runner import run
+from cifar_tl.records.store import committed_records
+from cifar_tl.training.recipes import RECIPES, SEARCH
+import cifar_tl.records.identity as identity_module
+import cifar_tl.records.runner as runs_module
 
 CPU = torch.device("cpu")
 
@@ -54,11 +58,11 @@ def test_native_bf16_is_read_from_the_cpu_flags(tmp_path, flags, native):
 
 
 def test_auto_precision_falls_back_to_fp32_without_native_bf16(monkeypatch):
-    import cifar_tl.train as train_module
+    import cifar_tl.core.device as device_module
 
-    monkeypatch.setattr(train_module, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(device_module, "cpu_has_native_bf16", lambda: False)
     assert resolve_precision("auto", CPU) == "fp32"
-    monkeypatch.setattr(train_module, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(device_module, "cpu_has_native_bf16", lambda: True)
     assert resolve_precision("auto", CPU) == "bf16"
     assert resolve_precision("fp32", CPU) == "fp32" and resolve_precision("bf16", CPU) == "bf16"
     with pytest.raises(UserError, match="unknown precision 'fp16'"):
@@ -80,7 +84,7 @@ def test_bf16_and_fp32_smoke_runs_both_complete_and_say_which_ran(tiny_dataset):
 def _save_resnet18(torch_home: Path, seed: int) -> Path:
     import torchvision
 
-    from cifar_tl.backbones import torchvision_checkpoint
+    from cifar_tl.models.backbones import torchvision_checkpoint
 
     torch.manual_seed(seed)
     _, path = torchvision_checkpoint("resnet18")
@@ -122,7 +126,7 @@ def test_a_changed_recipe_makes_its_records_stale(tiny_dataset, monkeypatch):
     changed = replace(RECIPES["linear_probe"], weight_decay=0.5)
     monkeypatch.setitem(RECIPES, "linear_probe", changed)
     assert "has changed" in stale_reason(record)
-    monkeypatch.setattr(runs_module, "RESULT_REVISION", runs_module.RESULT_REVISION + 1)
+    monkeypatch.setattr(identity_module, "RESULT_REVISION", identity_module.RESULT_REVISION + 1)
     assert "result revision" in stale_reason(record)
 
 
@@ -132,9 +136,11 @@ def test_the_book_renders_from_committed_records_without_training_or_data(tiny_d
     monkeypatch.setenv("CIFAR_TL_RENDER_ONLY", "1")
     monkeypatch.setattr(runs_module, "train", lambda *a, **k: pytest.fail("trained while rendering"))
     elsewhere = _config(tmp_path / "no-data-here")  # the data is not on this machine: the record still serves
-    assert run(elsewhere, progress=False) == record
+    assert record_for(elsewhere, progress=False) == record
     with pytest.raises(UserError, match="no committed full-profile record of linear_probe .*subset 1.*campaign"):
-        run(_config(tmp_path / "no-data-here", seed=1), progress=False)
+        record_for(_config(tmp_path / "no-data-here", seed=1), progress=False)
+    with pytest.raises(UserError, match="needs a trained model"):
+        record_for(elsewhere, return_model=True)
 
 
 def test_rendering_refuses_a_stale_record(tiny_dataset, tmp_path, monkeypatch):
@@ -145,7 +151,7 @@ def test_rendering_refuses_a_stale_record(tiny_dataset, tmp_path, monkeypatch):
     monkeypatch.setenv("CIFAR_TL_RENDER_ONLY", "1")
     monkeypatch.setitem(RECIPES, "linear_probe", replace(RECIPES["linear_probe"], label_smoothing=0.3))
     with pytest.raises(UserError, match="no committed full-profile record"):
-        run(_config(tiny_dataset), progress=False)
+        record_for(_config(tiny_dataset), progress=False)
 
 
 def test_committed_results_are_whole_and_current():
@@ -200,8 +206,8 @@ def test_the_campaign_trains_what_is_missing_once_and_resumes(tiny_dataset, tmp_
     planned = [PlannedRun("linear_probe", "simple_cnn", 0), PlannedRun("linear_probe", "simple_cnn", 1)]
     monkeypatch.setattr(campaign, "book_runs", lambda: planned)
     small = dict(per_class=5, val_per_class=5, image_size=32, epochs=2)
-    real_make_config = runs_module.make_config
-    monkeypatch.setattr(runs_module, "make_config", lambda *a, **k: real_make_config(*a, **{**k, **small}))
+    real_make_config = campaign.make_config
+    monkeypatch.setattr(campaign, "make_config", lambda *a, **k: real_make_config(*a, **{**k, **small}))
     calls = []
     real_train = runs_module.train
     monkeypatch.setattr(runs_module, "train", lambda *a, **k: calls.append(1) or real_train(*a, **k))
@@ -266,7 +272,7 @@ def test_kernels_side_by_side_share_the_cores_unless_told_otherwise(monkeypatch)
 
 def test_the_readme_states_the_records_numbers():
     """The README's accuracies are the committed records' (mean ± std over the book's subsets), not typed."""
-    from cifar_tl.stats import accuracies, fmt_mean_std
+    from cifar_tl.core.stats import accuracies, fmt_mean_std
 
     shown = campaign.campaign_status().done
     readme = (ROOT / "README.md").read_text()

@@ -9,9 +9,10 @@ from datetime import datetime
 
 import pytest
 
-import cifar_tl.runs as runs_module
-from cifar_tl import campaign, cli
-from cifar_tl.campaign import PlannedRun, Status, book_chapters, campaign_order, chapter_runs, run_campaign
+from cifar_tl import cli
+from cifar_tl.records import campaign
+from cifar_tl.records.campaign import PlannedRun, Status, book_chapters, campaign_order, chapter_runs, run_campaign
+import cifar_tl.records.runner as runs_module
 
 
 @pytest.fixture(autouse=True)
@@ -43,8 +44,8 @@ def test_a_deadline_keeps_the_campaign_from_starting_runs_that_cannot_finish(tin
     planned = [PlannedRun("linear_probe", "simple_cnn", seed) for seed in range(3)]
     monkeypatch.setattr(campaign, "book_runs", lambda: planned)
     small = dict(per_class=5, val_per_class=5, image_size=32, epochs=1, precision="fp32", device="cpu")
-    real_make_config = runs_module.make_config
-    monkeypatch.setattr(runs_module, "make_config", lambda *a, **k: real_make_config(*a, **{**k, **small}))
+    real_make_config = campaign.make_config
+    monkeypatch.setattr(campaign, "make_config", lambda *a, **k: real_make_config(*a, **{**k, **small}))
     estimates = {0: 60.0, 1: 3600.0, 2: None}  # seed 2 never measured: nothing says it cannot finish
     monkeypatch.setattr(campaign, "estimate_seconds", lambda run, done, slug: (estimates[run.seed], "measured"))
 

@@ -20,14 +20,14 @@ pytestmark = pytest.mark.slow
 DRIVER = """
 import sys, time
 from pathlib import Path
-import cifar_tl.runs as runs_module
-from cifar_tl import campaign, resume
-from cifar_tl.campaign import PlannedRun, run_campaign
+from cifar_tl.core import resume
+from cifar_tl.records import campaign
+from cifar_tl.records.campaign import PlannedRun, run_campaign
 
 campaign.book_runs = lambda: [PlannedRun("finetune_naive", "simple_cnn", seed) for seed in range(3)]
 small = dict(per_class=5, val_per_class=5, image_size=32, epochs=4, precision="fp32", device="cpu")
-make_config = runs_module.make_config
-runs_module.make_config = lambda *a, **k: make_config(*a, **{**k, **small})
+make_config = campaign.make_config
+campaign.make_config = lambda *a, **k: make_config(*a, **{**k, **small})
 pause = float(sys.argv[3])
 save = resume.StateFile.save
 
@@ -36,13 +36,13 @@ def save_then_pause(self, state):
     time.sleep(pause)
 
 resume.StateFile.save = save_then_pause
-run = runs_module.run
+run = campaign.run_one
 
 def announced(config, **options):
     print("TRAINING", config.seed, flush=True)
     return run(config, **options)
 
-runs_module.run = announced
+campaign.run_one = announced
 run_campaign(Path(sys.argv[1]), data=sys.argv[2], device="cpu", progress=False)
 """
 

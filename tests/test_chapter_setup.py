@@ -1,4 +1,4 @@
-"""cifar_tl.chapter: a chapter's set-up in one call, its figures kept under any matplotlib backend, its prose
+"""cifar_tl.book.chapter: a chapter's set-up in one call, its figures kept under any matplotlib backend, its prose
 and its source excerpts displayed from code."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ import os
 
 import pytest
 
-from cifar_tl import chapter
-from cifar_tl.errors import UserError
-from cifar_tl.recipes import get_profile
+from cifar_tl.book import chapter
+from cifar_tl.core.errors import UserError
+from cifar_tl.training.profiles import get_profile
 
 
 def test_setup_resolves_seeds_and_keeps_what_it_is_given():
@@ -59,7 +59,7 @@ def test_keep_figures_outside_a_kernel_changes_nothing():
 def test_source_lines_are_the_library_source():
     import inspect
 
-    from cifar_tl.train import training_step
+    from cifar_tl.training.loop import training_step
 
     assert chapter.source_lines(training_step) == inspect.getsource(training_step).rstrip("\n")
     excerpt = chapter.source_lines(training_step, "optimizer.zero_grad", "optimizer.step()")
@@ -108,7 +108,7 @@ def test_setup_keeps_figures_when_the_environment_says_agg(tmp_path):
 
     cell = nbformat.v4.new_code_cell
     notebook = nbformat.v4.new_notebook(cells=[
-        cell("from cifar_tl.chapter import setup\nctx = setup('smoke')"),
+        cell("from cifar_tl.book.chapter import setup\nctx = setup('smoke')"),
         cell("import matplotlib.pyplot as plt\nfig, ax = plt.subplots()\n_ = ax.plot([0, 1], [1, 0])"),
     ])
     outputs = _figures_under_agg(notebook, tmp_path)

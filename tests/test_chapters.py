@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from cifar_tl.chapters import ROOT, build_book, chapters
-from cifar_tl.errors import UserError
+from cifar_tl.book.build import ROOT, build_book, chapters
+from cifar_tl.core.errors import UserError
 
 pytestmark = pytest.mark.slow
 
@@ -86,7 +86,7 @@ def _shown_runs(chapter: str) -> tuple[set[tuple[str, str]], bool]:
 
 def _committed(recipe: str, backbone: str, seed: int) -> bool:
     """Whether results/ holds a whole, current full-profile record of this run, read from the files."""
-    from cifar_tl.runs import stale_reason
+    from cifar_tl.records.identity import stale_reason
 
     for path in (ROOT / "results").glob(f"*/{recipe}-{backbone}-s{seed}-*.json"):
         record = json.loads(path.read_text())
@@ -103,7 +103,7 @@ def test_the_published_book_renders_complete_chapters_from_records(published_boo
     (n=3, no smoke warning); a chapter whose every run is committed is rendered so; a chapter built in the
     smoke profile says so, and the runs the build names as missing are really absent from results/. The
     expectation is read from the notebooks and results/ themselves, not from the function the build uses."""
-    from cifar_tl.recipes import get_profile
+    from cifar_tl.training.profiles import get_profile
 
     build, log, changed = published_book
     assert not changed, f"the published build trained: it added or changed {sorted(changed)} in the cache"
@@ -141,7 +141,7 @@ def test_chapters_run_side_by_side_each_with_its_environment_in_its_folder(tmp_p
     import nbformat
     from concurrent.futures import ThreadPoolExecutor
 
-    from cifar_tl.chapters import Chapter, run_chapter
+    from cifar_tl.book.build import Chapter, run_chapter
 
     folder = tmp_path / "notebooks"
     folder.mkdir()

@@ -36,7 +36,7 @@ def tiny_folders(tmp_path_factory) -> Path:
                 pixels = rng.integers(0, 60, (16, 16, 3), dtype=np.uint8)
                 pixels[..., c] += 150
                 Image.fromarray(pixels).save(folder / f"{i}.png")
-    from cifar_tl.data import load_dataset
+    from cifar_tl.data.sources import load_dataset
 
     load_dataset(root, progress=False)  # into the session's cache
     return root
@@ -95,7 +95,7 @@ def test_per_class_larger_than_a_class_names_the_class(tiny_folders):
 
 
 def test_debug_raises_instead_of_one_line():
-    from cifar_tl.errors import UserError
+    from cifar_tl.core.errors import UserError
 
     with pytest.raises(UserError, match="unknown backbone 'vgg99'"):  # the interpreter prints its traceback
         cifar_tl("--debug", "train", "--backbone", "vgg99")

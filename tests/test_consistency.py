@@ -14,14 +14,16 @@ import pytest
 import torch
 from faults import comparable_record, interrupt_after_saves
 
-import cifar_tl.runs as runs_module
-from cifar_tl import consistency
-from cifar_tl.backbones import create_model
-from cifar_tl.data import balanced_subset
-from cifar_tl.errors import UserError
-from cifar_tl.files import cache_dir
-from cifar_tl.recipes import PROFILES, RECIPES, Consistency, Recipe, SelfTraining, Stage, as_run
-from cifar_tl.runs import make_config, run, stale_reason
+from cifar_tl.core.errors import UserError
+from cifar_tl.core.files import cache_dir
+from cifar_tl.data.subsets import balanced_subset
+from cifar_tl.models.backbones import create_model
+from cifar_tl.records.identity import make_config, stale_reason
+from cifar_tl.records.runner import run
+from cifar_tl.training import consistency
+from cifar_tl.training.profiles import PROFILES, as_run
+from cifar_tl.training.recipes import RECIPES, Consistency, Recipe, SelfTraining, Stage
+import cifar_tl.records.runner as runs_module
 
 
 @pytest.fixture(autouse=True)
@@ -156,7 +158,7 @@ def test_a_smoke_fixmatch_run_records_how_it_used_the_unlabelled_images(tiny_dat
     assert last["pseudo_labels"] == round(record["history"][-1]["mask_rate"] * last["pool_images_drawn"])
     assert last["pseudo_label_accuracy"] is None or 0 <= last["pseudo_label_accuracy"] <= 1
     assert record["identity"]["recipe"]["consistency"]["threshold"] == 0.95  # the settings decide the record
-    from cifar_tl import self_training_report as report
+    from cifar_tl.book import pseudo_label_views as report
 
     table = report.consistency_table([record])  # chapter 13's reading of it
     assert table.loc[0, "pool images"] == 60 and table.loc[0, "epochs"] == 2

@@ -12,8 +12,8 @@ import subprocess
 import nbformat
 import pytest
 
-from cifar_tl import course
-from cifar_tl.chapters import ROOT, chapters
+from cifar_tl.book import course, repository
+from cifar_tl.book.build import ROOT, chapters
 
 CHAPTERS = chapters()
 
@@ -91,7 +91,7 @@ def test_chapters_4_and_7_measure_the_distance_from_the_pretrained_weights():
 
 def test_chapter_11_replays_what_the_average_holds_and_never_rounds_it_to_zero():
     code = _code("11-tta-averaging")
-    assert "recipe_info.ema_summary(" in code and "recipe_info.fmt_share(" in code
+    assert "recipe_cards.ema_summary(" in code and "recipe_cards.fmt_share(" in code
     assert "still comes from before the fine-tuning stage" not in code
     assert "course.as_evaluated(" in code  # the two changes of the rung, taken apart where records allow
 
@@ -108,7 +108,7 @@ def test_appendix_a1_compares_latency_at_one_input_size():
 
 def test_chapter_12_has_the_recipe_card_the_own_data_guide_and_the_error_analysis():
     code, markdown = _code("12-full-recipe"), _markdown("12-full-recipe")
-    for call in ("recipe_info.recipe_card(", "tables.step_effects(", "own_data.write_digits_folders(",
+    for call in ("recipe_cards.recipe_card(", "tables.step_effects(", "own_data.write_digits_folders(",
                  "tables.per_class_accuracy(", "tables.directed_confusions(", "tables.confident_mistakes(",
                  "plots.mistake_gallery("):
         assert call in code, call
@@ -122,7 +122,7 @@ def test_chapter_12_has_the_recipe_card_the_own_data_guide_and_the_error_analysi
                                         "09-augmentation", "10-regularisation", "11-tta-averaging", "13-unlabelled",
                                         "a2-cost"])
 def test_chapter_runs_every_recipe_the_campaign_trains_for_it(chapter_id):
-    from cifar_tl.campaign import chapter_recipes
+    from cifar_tl.records.campaign import chapter_recipes
 
     code = _code(chapter_id)
     shown = set(re.findall(r'run_seeds\("(\w+)"', code))
@@ -172,7 +172,7 @@ def test_the_introduction_is_a_notebook_the_build_executes_from_records():
     code = "\n".join(c.source for c in notebook.cells if c.cell_type == "code")
     assert "course.book_records()" in code and "course.story_table(" in code and "plots.ladder_story(" in code
     assert "course.chapter_build(" in code  # the plan marks the chapters built in the smoke profile
-    assert "run_seeds" not in code and "cifar_tl.runs import run" not in code  # it reads, never trains
+    assert "run_seeds" not in code and "cifar_tl.records.runner import run" not in code  # it reads, never trains
     markdown = "\n".join(c.source for c in notebook.cells if c.cell_type == "markdown")
     assert "13-unlabelled" in code and "cifar-tl run 03-linear-probe" in markdown
     assert re.search(r"(?m)^root: book/intro$", (ROOT / "_toc.yml").read_text())
@@ -184,7 +184,7 @@ def test_story_table_reads_every_rung_and_says_which_are_not_measured(records):
     for name in table.index:
         runs = records.get(name, [])
         if len(runs) >= len(course.planned_seeds()):
-            from cifar_tl.stats import accuracies, fmt_mean_std
+            from cifar_tl.core.stats import accuracies, fmt_mean_std
 
             assert table.loc[name, "test accuracy"] == fmt_mean_std(accuracies(runs))
         else:
@@ -195,9 +195,9 @@ def test_story_table_reads_every_rung_and_says_which_are_not_measured(records):
 
 
 def test_every_install_line_names_the_repository_of_config_yml():
-    url = course.repository_url()
-    assert url == course.PUBLISHED_REPOSITORY, "the fallback for installed copies is _config.yml's address"
-    mentions = course.repository_mentions()
+    url = repository.repository_url()
+    assert url == repository.PUBLISHED_REPOSITORY, "the fallback for installed copies is _config.yml's address"
+    mentions = repository.repository_mentions()
     assert len([m for m in mentions if m.startswith("notebooks/")]) == len(CHAPTERS)
     assert "book/setup.md" in mentions and "README.md" in mentions
     assert {u for urls in mentions.values() for u in urls} == {url}
@@ -210,9 +210,9 @@ def test_sync_url_rewrites_every_install_line_from_config_yml(tmp_path):
     line = '"cifar-tl @ git+https://github.com/cifar-tl/cifar-tl@v0.1.0"'
     for name in ("notebooks/01-data.ipynb", "book/setup.md", "README.md"):
         (tmp_path / name).write_text(f"install {line}\n")
-    assert sorted(course.sync_repository_url(tmp_path)) == ["README.md", "book/setup.md", "notebooks/01-data.ipynb"]
+    assert sorted(repository.sync_repository_url(tmp_path)) == ["README.md", "book/setup.md", "notebooks/01-data.ipynb"]
     assert "git+https://example.org/me/my-book@v0.1.0" in (tmp_path / "README.md").read_text()
-    assert course.sync_repository_url(tmp_path) == []
+    assert repository.sync_repository_url(tmp_path) == []
 
 
 # -- the README, for a newcomer -------------------------------------------------------------------------------
@@ -240,7 +240,7 @@ def test_readme_numbers_are_the_records(records):
         assert test == table.loc[name, "test accuracy"], name
     measured = course.measured(records)
     assert [name for name, _, _ in rows] == measured, \
-        "the README's table lists exactly the measured rungs: paste `python -m cifar_tl.course readme-table`"
+        "the README's table lists exactly the measured rungs: paste `python -m cifar_tl.book readme-table`"
     if measured == course.story_rungs():
         assert "still being trained" not in _readme(), "every rung is measured now"
 
@@ -292,7 +292,7 @@ def test_built_introduction_shows_the_ladder_from_the_records(published_book, re
         assert name in text
     full = records.get("full")
     if full:
-        from cifar_tl.stats import accuracies, fmt_mean_std
+        from cifar_tl.core.stats import accuracies, fmt_mean_std
 
         assert fmt_mean_std(accuracies(full)) in text
     assert "<img" in page  # the ladder's figure
@@ -301,7 +301,7 @@ def test_built_introduction_shows_the_ladder_from_the_records(published_book, re
 
 @pytest.mark.slow
 def test_smoke_pages_carry_a_banner_at_their_top_and_a_mark_in_the_contents(published_book):
-    from cifar_tl.chapters import chapter_profiles
+    from cifar_tl.book.build import chapter_profiles
 
     build = published_book[0]
     profiles, _ = chapter_profiles([c.id for c in CHAPTERS])
@@ -319,8 +319,8 @@ def test_smoke_pages_carry_a_banner_at_their_top_and_a_mark_in_the_contents(publ
 
 
 def test_the_worked_example_is_a_real_class_folder_dataset_with_its_licence(tmp_path):
-    from cifar_tl import own_data
-    from cifar_tl.data import load_dataset
+    from cifar_tl.data import own_data
+    from cifar_tl.data.sources import load_dataset
 
     root = own_data.write_digits_folders(tmp_path / "digits")
     assert "CC BY 4.0" in (root / "LICENCE.txt").read_text()
@@ -330,3 +330,10 @@ def test_the_worked_example_is_a_real_class_folder_dataset_with_its_licence(tmp_
     dataset = load_dataset(root, progress=False)
     assert dataset.classes == [f"digit_{d}" for d in range(10)] and dataset.train_images.shape[1:] == (8, 8, 3)
     assert own_data.write_digits_folders(root) == root  # written once
+
+
+def test_python_m_cifar_tl_book_prints_the_readme_table_and_refuses_other_words(capsys):
+    from cifar_tl.book.__main__ import main
+
+    assert main(["readme-table"]) == 0 and capsys.readouterr().out.startswith("| rung | chapter |")
+    assert main(["nonsense"]) == 2 and "usage: python -m cifar_tl.book" in capsys.readouterr().err

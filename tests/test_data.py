@@ -7,19 +7,11 @@ import pytest
 import torch
 from PIL import Image
 
-import cifar_tl.data as data_module
-from cifar_tl.data import (
-    JPEG_COPY_NAME,
-    JPEG_COPY_SHA256,
-    MIXED_STORE_SIZE,
-    balanced_subset,
-    capped_test,
-    indices_hash,
-    load_dataset,
-    source_checksum,
-)
-from cifar_tl.errors import UserError
-from cifar_tl.files import sha256_file
+from cifar_tl.core.errors import UserError
+from cifar_tl.core.files import sha256_file
+from cifar_tl.data.sources import JPEG_COPY_NAME, JPEG_COPY_SHA256, MIXED_STORE_SIZE, load_dataset, source_checksum
+from cifar_tl.data.subsets import balanced_subset, capped_test, indices_hash
+import cifar_tl.data.sources as data_module
 
 # 4 classes, 50 images each, interleaved: the synthetic pool for the pinned subset below.
 SYNTHETIC_LABELS = np.arange(200) % 4
@@ -372,7 +364,7 @@ def test_changed_source_is_decoded_again(make_class_folders, monkeypatch):
 
 
 def test_unreadable_cache_is_decoded_again(make_class_folders, capsys):
-    from cifar_tl.files import cache_dir
+    from cifar_tl.core.files import cache_dir
 
     root = make_class_folders(classes=2, per_class=3, test_per_class=2)
     first = load_dataset(root, progress=False)
@@ -435,7 +427,8 @@ def test_unreadable_files_are_skipped_with_one_warning_that_counts_them(make_cla
     assert dataset.identity["skipped_files"] == 3
     assert len(dataset.train_labels) == 18 and len(dataset.test_labels) == 6
     # the record of a run on it says how many were skipped
-    from cifar_tl.runs import make_config, run
+    from cifar_tl.records.identity import make_config
+    from cifar_tl.records.runner import run
 
     monkeypatch.setenv("CIFAR_TL_CACHE", str(tmp_path / "own-cache"))
     record = run(make_config("linear_probe", "simple_cnn", per_class=3, val_per_class=2, image_size=32, epochs=1,

@@ -17,11 +17,11 @@ import torch
 
 import faults
 from cifar_tl import cli
-from cifar_tl.backbones import create_model
-from cifar_tl.checkpoints import load_checkpoint, save_checkpoint
-from cifar_tl.data import source_checksum
-from cifar_tl.errors import DiskFullError
-from cifar_tl.files import atomic_path, save_torch, write_json
+from cifar_tl.core.errors import DiskFullError
+from cifar_tl.core.files import atomic_path, save_torch, write_json
+from cifar_tl.data.sources import source_checksum
+from cifar_tl.models.backbones import create_model
+from cifar_tl.models.checkpoints import load_checkpoint, save_checkpoint
 
 TRAIN = ["train", "--backbone", "simple_cnn", "--recipe", "linear_probe", "--profile", "smoke", "--per-class", "5",
          "--val-per-class", "2", "--epochs", "1"]
@@ -98,10 +98,10 @@ def test_record_and_training_state_on_a_full_disk(disk, tiny_dataset, monkeypatc
 
 
 def test_training_state_on_a_real_full_disk(tmp_path):
-    """The per-epoch training state (cifar_tl.resume) on a disk that fills: the earlier state stays, so the run
+    """The per-epoch training state (cifar_tl.core.resume) on a disk that fills: the earlier state stays, so the run
     resumes from it. (A real tmpfs only, as long as the state is written by torch's C++ writer, which an injected
     ENOSPC cannot reach.)"""
-    from cifar_tl.resume import StateFile
+    from cifar_tl.core.resume import StateFile
 
     path = tmp_path / "disk"
     if not faults.mount_tmpfs(path, "2m"):
@@ -192,6 +192,6 @@ def test_os_errors_that_reach_the_command_line_are_one_line(error, line, monkeyp
     def fail(*args, **kwargs):
         raise error
 
-    monkeypatch.setattr("cifar_tl.chapters.build_book", fail)
+    monkeypatch.setattr("cifar_tl.book.build.build_book", fail)
     status, printed = run_cli(capsys, "book", "--profile", "smoke")
     assert status == 2 and line in printed

@@ -27,11 +27,12 @@ import torch
 from PIL import Image
 
 import faults
-from cifar_tl import chapter, cli
-from cifar_tl.backbones import create_model
-from cifar_tl.checkpoints import save_checkpoint
-from cifar_tl.data import load_dataset
-from cifar_tl.errors import UserError
+from cifar_tl import cli
+from cifar_tl.book import chapter
+from cifar_tl.core.errors import UserError
+from cifar_tl.data.sources import load_dataset
+from cifar_tl.models.backbones import create_model
+from cifar_tl.models.checkpoints import save_checkpoint
 
 TINY_CLASSES = ["apple", "banana", "cherry"]  # conftest's tiny_dataset
 SMALL_TRAIN = ["--backbone", "simple_cnn", "--recipe", "linear_probe", "--profile", "smoke", "--per-class", "5",
@@ -324,7 +325,7 @@ def test_bad_or_hostile_input(row: Row, world: World, monkeypatch, capsys):
         raise AssertionError("a campaign row started training")
 
     if row.id.startswith("campaign"):
-        monkeypatch.setattr("cifar_tl.runs.train", no_training)
+        monkeypatch.setattr("cifar_tl.records.runner.train", no_training)
     before = faults.snapshot(*world.roots)
     if row.full_disk is not None:
         faults.writes_fail_under(monkeypatch, row.full_disk(world))

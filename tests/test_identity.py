@@ -8,9 +8,12 @@ from dataclasses import replace
 
 import pytest
 
-import cifar_tl.runs as runs_module
-from cifar_tl.recipes import RECIPES
-from cifar_tl.runs import make_config, record_path, run
+from cifar_tl.records.identity import make_config
+from cifar_tl.records.runner import run
+from cifar_tl.records.store import record_path
+from cifar_tl.training.recipes import RECIPES
+import cifar_tl.records.identity as identity_module
+import cifar_tl.records.runner as runs_module
 
 DATA_CHECKSUM = "sha256:" + "ab" * 32
 WEIGHTS_SHA256 = "cd" * 32
@@ -53,7 +56,7 @@ CHANGES = [
     ("a stage of the recipe", lambda mp, d: (_recipe_changed(mp, stages=tuple(
         replace(s, lr=s.lr * 2) for s in RECIPES["linear_probe"].stages)) or {}, DATA_CHECKSUM, WEIGHTS_SHA256, d),
      True),
-    ("RESULT_REVISION", lambda mp, d: (mp.setattr(runs_module, "RESULT_REVISION", runs_module.RESULT_REVISION + 1)
+    ("RESULT_REVISION", lambda mp, d: (mp.setattr(identity_module, "RESULT_REVISION", identity_module.RESULT_REVISION + 1)
                                        or {}, DATA_CHECKSUM, WEIGHTS_SHA256, d), True),
     # what does not decide the result
     ("the code version only", lambda mp, d: (mp.setattr(runs_module, "code_version", lambda: "9.9.9+edited") or {},
@@ -87,7 +90,7 @@ def test_a_code_only_change_reads_the_record_back_and_a_new_revision_trains_agai
     assert trained == [1] and first["code_version"] == runs_module.code_version()
     monkeypatch.setattr(runs_module, "code_version", lambda: "9.9.9+edited")
     assert run(config, progress=False, device="cpu") == first and trained == [1]
-    monkeypatch.setattr(runs_module, "RESULT_REVISION", runs_module.RESULT_REVISION + 1)
+    monkeypatch.setattr(identity_module, "RESULT_REVISION", identity_module.RESULT_REVISION + 1)
     second = run(config, progress=False, device="cpu")
     assert trained == [1, 1] and second["name"] != first["name"]
     assert second["code_version"] == "9.9.9+edited" and second["identity"]["revision"] == first["identity"]["revision"] + 1

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from cifar_tl.chapters import ROOT
+from cifar_tl.book.build import ROOT
 
 pytestmark = pytest.mark.slow
 
@@ -49,7 +49,7 @@ def _outside_environment(site: Path, data: Path | None = None) -> dict:
 
 def test_the_installed_package_ships_the_committed_records(installed_package, tmp_path):
     shown = subprocess.run(
-        [sys.executable, "-c", "import cifar_tl, cifar_tl.runs as r; "
+        [sys.executable, "-c", "import cifar_tl, cifar_tl.records.store as r; "
          "print(cifar_tl.__file__); print(len(r.committed_records())); print(r.results_dirs(writable=True))"],
         capture_output=True, text=True, cwd=tmp_path, env=_outside_environment(installed_package), timeout=300)
     assert shown.returncode == 0, shown.stderr[-2000:]

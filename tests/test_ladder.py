@@ -1,12 +1,12 @@
-"""cifar_tl.ladder: the ladder of recipes, and decisions made on validation accuracy only (paired by
+"""cifar_tl.book.ladder: the ladder of recipes, and decisions made on validation accuracy only (paired by
 subset). Records are built by hand."""
 
 from __future__ import annotations
 
 import pytest
 
-from cifar_tl import ladder, recipe_info
-from cifar_tl.recipes import RECIPES
+from cifar_tl.book import ladder, recipe_cards
+from cifar_tl.training.recipes import RECIPES
 
 
 def record(recipe: str, seed: int, val: float, test: float, **extra) -> dict:
@@ -71,7 +71,7 @@ def test_decision_needs_a_shared_subset():
         ladder.decision([record("a", 0, 0.5, 0.5)], [record("b", 1, 0.5, 0.5)])
 
 
-# What each rung changes against the one it builds on: the rows of recipe_info.recipe_diff. A new rung must be
+# What each rung changes against the one it builds on: the rows of recipe_cards.recipe_diff. A new rung must be
 # declared here, and changes nothing but what is declared. Rungs that change the stages themselves are checked
 # by structure below.
 ONE_CHANGE = {
@@ -107,7 +107,7 @@ def test_every_rung_changes_exactly_what_it_says():
         assert base in RECIPES[new].description, f"{new}'s description does not name {base}, the recipe it changes"
         if new in staged:
             continue
-        changed = set(recipe_info.recipe_diff(base, new).index)
+        changed = set(recipe_cards.recipe_diff(base, new).index)
         expected = ONE_CHANGE.get(new) or TWO_CHANGES[new]
         assert changed == expected, f"{new} changes {changed} of {base}, not {expected}"
         if new in TWO_CHANGES:

@@ -1,4 +1,4 @@
-"""cifar_tl.logistic_probe: frozen pooled features, and scikit-learn's logistic regression fitted on them."""
+"""cifar_tl.training.logistic_probe: frozen pooled features, and scikit-learn's logistic regression fitted on them."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from cifar_tl.backbones import create_model
-from cifar_tl.logistic_probe import probe_chosen_on_validation, probe_features, sklearn_probe
-from cifar_tl.recipes import RECIPES, Stage
+from cifar_tl.models.backbones import create_model
+from cifar_tl.training.logistic_probe import probe_chosen_on_validation, probe_features, sklearn_probe
+from cifar_tl.training.recipes import RECIPES, Stage
 
 
 def test_probe_features_are_the_bodys_pooled_features_in_eval_mode():
@@ -19,7 +19,7 @@ def test_probe_features_are_the_bodys_pooled_features_in_eval_mode():
     features = probe_features(model, images, 32, device="cpu", batch_size=2)
     assert features.shape == (5, model.head.in_features) and features.dtype == np.float32
     assert model.training  # the mode it was in is restored
-    from cifar_tl.augment import prepare
+    from cifar_tl.data.augment import prepare
 
     model.eval()
     with torch.no_grad():
@@ -76,3 +76,28 @@ def test_only_a_head_only_recipe_can_ask_for_the_sklearn_probe():
     with pytest.raises(ValueError, match="positive values of C"):
         replace(probe, sklearn_probe=(1.0, 0.0))
     assert all(r.sklearn_probe is None for name, r in RECIPES.items() if name != "linear_probe")
+
+
+def test_cross_validation_chooses_c_from_the_training_features_alone():
+    """Without a validation split: C by stratified k-fold cross-validation over the labelled training features,
+    then one probe on all of them; the test labels never move the choice."""
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.linear_model import LogisticRegression
+
+    from cifar_tl.training.logistic_probe import probe_chosen_by_cross_validation
+
+    rng = np.random.default_rng(2)
+    centres = rng.normal(size=(4, 30))
+    train, test = (_blobs(rng, centres, n, 2.5) for n in (20, 50))
+    grid = [10.0, 0.1, 0.001]
+    chosen = probe_chosen_by_cross_validation(train, test, grid, folds=4)
+    folds = StratifiedKFold(4, shuffle=True, random_state=0)
+    by_c = [cross_val_score(make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=1000)), *train,
+                            cv=folds).mean() for c in grid]
+    assert chosen["cv_accuracy_by_C"] == pytest.approx(by_c)
+    assert chosen["C"] == grid[int(np.argmax(by_c))] and chosen["folds"] == 4
+    assert chosen["test_accuracy"] == sklearn_probe(*train, *test, C=chosen["C"])[0]
+    shuffled = probe_chosen_by_cross_validation(train, (test[0], rng.permutation(test[1])), grid, folds=4)
+    assert (shuffled["C"], shuffled["cv_accuracy_by_C"]) == (chosen["C"], chosen["cv_accuracy_by_C"])

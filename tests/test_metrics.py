@@ -1,11 +1,11 @@
-"""cifar_tl.metrics: scikit-learn's confusion matrix and per-class report, and the most confused pairs."""
+"""cifar_tl.core.metrics: scikit-learn's confusion matrix and per-class report, and the most confused pairs."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from cifar_tl import metrics
+from cifar_tl.core import metrics
 
 CLASSES = ["cat", "dog", "ship"]
 

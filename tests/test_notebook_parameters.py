@@ -9,7 +9,7 @@ import os
 import nbformat
 import pytest
 
-from cifar_tl.chapters import find_chapter
+from cifar_tl.book.build import find_chapter
 
 
 def test_a_wrong_parameter_stops_the_chapter_in_its_first_code_cell(tmp_path, tiny_dataset):

@@ -10,7 +10,7 @@ import re
 import nbformat
 import pytest
 
-from cifar_tl.chapters import ROOT, chapters
+from cifar_tl.book.build import ROOT, chapters
 
 try:
     import tomllib
@@ -117,3 +117,22 @@ def test_chapter_starts_with_the_colab_install_then_parameters_then_one_setup_ca
 def test_setup_page_installs_the_same_version_as_the_notebooks():
     page = (ROOT / "book" / "setup.md").read_text()
     assert f"cifar-tl @ git+https://github.com/cifar-tl/cifar-tl@v{VERSION}" in page
+
+
+@pytest.mark.parametrize("chapter_id", [c.id for c in CHAPTERS])
+def test_a_chapter_imports_the_library_from_the_book_face_only(chapter_id):
+    """One obvious place: `from cifar_tl.book import ...`, and every name it takes is one the face exports."""
+    import ast
+
+    import cifar_tl.book as face
+
+    for cell in _notebook(chapter_id).cells:
+        if cell.cell_type != "code":
+            continue
+        code = "\n".join(line for line in cell.source.splitlines() if not line.lstrip().startswith(("!", "%")))
+        for node in ast.walk(ast.parse(code)):
+            if isinstance(node, ast.Import):
+                assert not [a.name for a in node.names if a.name.startswith("cifar_tl")], ast.unparse(node)
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("cifar_tl"):
+                assert node.module == "cifar_tl.book", f"{chapter_id}: {ast.unparse(node)}"
+                assert {a.name for a in node.names} <= set(face.__all__), f"{chapter_id}: {ast.unparse(node)}"

@@ -46,20 +46,29 @@ def test_every_import_of_cifar_tl_is_stdlib_or_declared():
     dependencies = requirement_names(project["dependencies"])
     extras = {name: requirement_names(reqs) for name, reqs in project["optional-dependencies"].items()}
     distributions = packages_distributions()
-    modules = sorted((ROOT / "cifar_tl").glob("*.py"))
-    assert set(EXTRA_MODULES) <= {m.name for m in modules}, "EXTRA_MODULES names a module that is gone"
+    modules = sorted((ROOT / "cifar_tl").rglob("*.py"))
+    assert set(EXTRA_MODULES) <= {m.relative_to(ROOT / "cifar_tl").as_posix() for m in modules}, \
+        "EXTRA_MODULES names a module that is gone"
     problems = []
     for module in modules:
+        name = module.relative_to(ROOT / "cifar_tl").as_posix()
         for package in sorted(top_level_imports(module) - {"cifar_tl"} - set(sys.stdlib_module_names)):
             allowed = set(dependencies)
-            extra = EXTRA_MODULES.get(module.name)
+            extra = EXTRA_MODULES.get(name)
             if extra:
                 allowed |= extras.get(extra, set())
             provided_by = {normalise(d) for d in distributions.get(package, [])}
             if not provided_by:
-                problems.append(f"cifar_tl/{module.name} imports {package}, which no installed distribution provides")
+                problems.append(f"cifar_tl/{name} imports {package}, which no installed distribution provides")
             elif not provided_by & allowed:
                 where = f"the dependencies or the [{extra}] extra" if extra else "the dependencies"
-                problems.append(f"cifar_tl/{module.name} imports {package} ({' or '.join(sorted(provided_by))}), "
+                problems.append(f"cifar_tl/{name} imports {package} ({' or '.join(sorted(provided_by))}), "
                                 f"not declared in {where} of pyproject.toml")
     assert not problems, "\n".join(problems)
+
+
+def test_pyproject_lists_every_subpackage():
+    """setuptools installs only the packages pyproject names: a subpackage left out would be missing from a wheel."""
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "cifar_tl").rglob("__init__.py")}
+    assert found <= listed, f"not in pyproject's packages: {sorted(found - listed)}"

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cifar_tl import course, pages, recipe_info, tables
+from cifar_tl.book import course, pages, recipe_cards, tables
 
 
 def record(name="scratch", seed=0, val=0.5, test=0.5, size=32, **extra) -> dict:
@@ -93,15 +93,15 @@ def test_distances_are_read_when_stored_and_their_absence_is_named():
 def test_ema_summary_replays_the_warm_up_and_never_rounds_a_share_to_zero():
     history = [{"epoch": e, "stage": 1 if e <= 20 else 2} for e in range(1, 36)]
     full = record("full", 0, size=224, history=history, recipe={"ema_decay": 0.99, "batch_size": 64})
-    summary = recipe_info.ema_summary(full)
+    summary = recipe_cards.ema_summary(full)
     assert summary["steps_per_epoch"] == 15 and summary["updates"] == 35 * 15
     assert summary["cap_update"] == 890 and not summary["reaches_cap"]
     assert summary["final_decay"] == pytest.approx((1 + 524) / (10 + 524))
     assert sum(summary["stage_shares"]) == pytest.approx(1.0)
     assert 0 < summary["stage_shares"][0] < 0.05
-    assert recipe_info.fmt_share(summary["stage_shares"][0]) != "0%"
-    assert recipe_info.fmt_share(0.0004) == "less than 0.1%" and recipe_info.fmt_share(0.0) == "none"
-    assert recipe_info.ema_summary(record("ft_mix", 0, recipe={"ema_decay": 0.0, "batch_size": 64})) is None
+    assert recipe_cards.fmt_share(summary["stage_shares"][0]) != "0%"
+    assert recipe_cards.fmt_share(0.0004) == "less than 0.1%" and recipe_cards.fmt_share(0.0) == "none"
+    assert recipe_cards.ema_summary(record("ft_mix", 0, recipe={"ema_decay": 0.0, "batch_size": 64})) is None
 
 
 def test_as_evaluated_reads_both_ways_of_predicting_or_names_what_lacks_them():
@@ -117,9 +117,9 @@ def test_as_evaluated_reads_both_ways_of_predicting_or_names_what_lacks_them():
 
 
 def test_recipe_card_gives_every_stage_of_the_full_recipe_from_recipes_py():
-    from cifar_tl.recipes import RECIPES
+    from cifar_tl.training.recipes import RECIPES
 
-    card = recipe_info.recipe_card("full", 224)
+    card = recipe_cards.recipe_card("full", 224)
     recipe = RECIPES["full"]
     assert list(card.columns)[-1] == "evaluation" and len(card.columns) == len(recipe.stages) + 1
     fine_tune = card.columns[len(recipe.stages) - 1]

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-import cifar_tl.runs as runs_module
-from cifar_tl import campaign, cli
-from cifar_tl.recipes import RECIPES, SEARCH, get_profile
-from cifar_tl.runs import make_config, run
+from cifar_tl import cli
+from cifar_tl.records import campaign
+from cifar_tl.records.identity import make_config
+from cifar_tl.records.runner import run
+from cifar_tl.training.profiles import get_profile
+from cifar_tl.training.recipes import RECIPES, SEARCH
+import cifar_tl.records.runner as runs_module
 
 
 @pytest.fixture(autouse=True)
@@ -88,7 +91,7 @@ def test_a_smoke_build_searches_the_default_backbones_candidates_on_its_first_su
 
 
 def test_the_search_table_gives_each_candidates_gap_to_full_on_validation():
-    from cifar_tl.tables import search_table
+    from cifar_tl.book.tables import search_table
 
     def record(val, seconds, size=224):
         return {"config": {"image_size": size, "seed": 0}, "timing": {"total_seconds": seconds},

@@ -1,11 +1,11 @@
-"""cifar_tl.plots: figures come back with an opaque white background."""
+"""cifar_tl.book.plots: figures come back with an opaque white background."""
 
 from __future__ import annotations
 
 import matplotlib
 import numpy as np
 
-from cifar_tl import plots
+from cifar_tl.book import plots
 
 
 def _record(seed: int, seconds: float, accuracy: float) -> dict:

@@ -11,10 +11,12 @@ import pytest
 import torch
 from PIL import Image
 
-from cifar_tl.backbones import create_model
-from cifar_tl.checkpoints import FORMAT, load_checkpoint, predict_images, read_image, save_checkpoint
-from cifar_tl.errors import UserError
-from cifar_tl.train import compute_outputs
+from cifar_tl.core.errors import UserError
+from cifar_tl.data.images import read_image
+from cifar_tl.models.backbones import create_model
+from cifar_tl.models.checkpoints import FORMAT, load_checkpoint, save_checkpoint
+from cifar_tl.models.predict import predict_images
+from cifar_tl.training.evaluate import compute_outputs
 
 TINY_CLASSES = ["apple", "banana", "cherry"]  # conftest's tiny_dataset
 
@@ -160,7 +162,7 @@ def test_predict_clips_top_and_prints_a_table(trained, images):
 def test_a_non_square_image_is_predicted_from_its_centre_square(tmp_path, width, height):
     """`predict` centre-crops an image of any shape to a square (README): a picture whose middle third is
     green and whose outer thirds are red and blue is the model input of a plain green square."""
-    from cifar_tl.checkpoints import model_input
+    from cifar_tl.models.predict import model_input
 
     green, third = (0, 200, 0), max(width, height) // 3
     picture = Image.new("RGB", (width, height), green)

@@ -15,10 +15,13 @@ from pathlib import Path
 
 import pytest
 
-import cifar_tl.runs as runs_module
-from cifar_tl import campaign
-from cifar_tl.chapters import ROOT
-from cifar_tl.runs import committed_records, make_config, results_dirs, run, stale_reason
+from cifar_tl.book.build import ROOT
+from cifar_tl.book.chapter import record_for
+from cifar_tl.records import campaign
+from cifar_tl.records.identity import make_config, stale_reason
+from cifar_tl.records.runner import run
+from cifar_tl.records.store import committed_records, results_dirs
+import cifar_tl.records.runner as runs_module
 
 
 @pytest.fixture(autouse=True)
@@ -83,7 +86,7 @@ def test_results_folders_separated_by_the_path_separator_are_all_read(tiny_datas
     assert run(_small(tiny_dataset, 1), progress=False, device="cpu") == records[1]  # from the second folder
     assert run(_small(tiny_dataset, 0), progress=False, device="cpu") == records[0]
     monkeypatch.setenv("CIFAR_TL_RENDER_ONLY", "1")  # rendering the book reads both folders too
-    assert run(_small(tmp_path / "no-data-here", 1), progress=False) == records[1]
+    assert record_for(_small(tmp_path / "no-data-here", 1), progress=False) == records[1]
 
 
 # -- the campaign: --status, and the order it trains in ---------------------------------------------------------
@@ -137,7 +140,7 @@ def test_the_campaign_tries_the_cheapest_measured_runs_first(jpeg_archive, tmp_p
 @pytest.mark.slow
 def test_ctrl_c_during_cifar_tl_run_leaves_no_executed_notebook(jpeg_archive, tmp_path):
     """papermill writes the executed notebook as each cell finishes; `cifar-tl run` (and the book build, which
-    executes chapters the same way, `chapters.run_chapter`) writes it to a temporary file renamed into place at
+    executes chapters the same way, `build.run_chapter`) writes it to a temporary file renamed into place at
     the end. A Ctrl-C once the partial notebook is on disk leaves no `01-data.ipynb` and no temporary file."""
     out = tmp_path / "executed"
     env = {**os.environ, "CIFAR_TL_DATA": str(jpeg_archive), "PYTHONUNBUFFERED": "1"}

@@ -1,11 +1,11 @@
-"""cifar_tl.results: reading folders of run records, and what results/ holds."""
+"""cifar_tl.records.store: reading folders of run records, and what results/ holds."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from cifar_tl import results
+from cifar_tl.records import store
 
 
 def record(recipe: str, seed: int, val: float, test: float, **extra) -> dict:
@@ -15,19 +15,19 @@ def record(recipe: str, seed: int, val: float, test: float, **extra) -> dict:
 
 
 def test_read_records_skips_what_is_not_a_record(tmp_path):
-    assert results.read_records(tmp_path / "missing") == ([], [])
+    assert store.read_records(tmp_path / "missing") == ([], [])
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "full-s0.json").write_text(json.dumps(record("full", 0, 0.9, 0.88)))
     (tmp_path / "notes.json").write_text("[1, 2]")
     (tmp_path / "broken.json").write_text("{")
-    records, skipped = results.read_records(tmp_path)
+    records, skipped = store.read_records(tmp_path)
     assert [r["config"]["recipe"] for r in records] == ["full"]
     assert sorted(skipped) == ["broken.json", "notes.json"]
 
 
 def test_committed_reference_records_are_whole_full_profile_runs():
     """What results/ holds is what chapter 12 and the README call reference runs."""
-    records, skipped = results.read_records(Path(__file__).resolve().parents[1] / "results")
+    records, skipped = store.read_records(Path(__file__).resolve().parents[1] / "results")
     assert skipped == []
     for r in records:
         name = f"{r['config']['recipe']} seed {r['config']['seed']}"

@@ -1,4 +1,4 @@
-"""An interrupted run resumes from its last finished epoch (cifar_tl.resume, train's `state`), and on a CPU
+"""An interrupted run resumes from its last finished epoch (cifar_tl.core.resume, train's `state`), and on a CPU
 in fp32 ends with the same record as a run never interrupted (timings aside). Everything here runs on the
 CPU in fp32: bit-for-bit equality is what is tested."""
 
@@ -7,8 +7,9 @@ from __future__ import annotations
 import pytest
 from faults import comparable_record, interrupt_after_saves
 
-from cifar_tl.files import cache_dir
-from cifar_tl.runs import make_config, run
+from cifar_tl.core.files import cache_dir
+from cifar_tl.records.identity import make_config
+from cifar_tl.records.runner import run
 
 
 def _config(data, recipe: str, backbone: str = "efficientnet_lite0", **overrides):

@@ -17,14 +17,18 @@ import numpy as np
 import pytest
 import torch
 
-import cifar_tl.runs as runs_module
-import cifar_tl.train as train_module
-from cifar_tl.data import balanced_subset, load_dataset, source_checksum
-from cifar_tl.errors import UserError
-from cifar_tl.files import cache_dir
-from cifar_tl.recipes import RECIPES
-from cifar_tl.runs import code_version, make_config, read_record, record_path, run, run_seeds
-from cifar_tl.train import pick_device, resolve_precision
+from cifar_tl.book.chapter import run_seeds
+from cifar_tl.core.device import pick_device, resolve_precision
+from cifar_tl.core.errors import UserError
+from cifar_tl.core.files import cache_dir
+from cifar_tl.data.sources import load_dataset, source_checksum
+from cifar_tl.data.subsets import balanced_subset
+from cifar_tl.records.identity import code_version, make_config
+from cifar_tl.records.runner import run
+from cifar_tl.records.store import read_record, record_path
+from cifar_tl.training.recipes import RECIPES
+import cifar_tl.core.device as device_module
+import cifar_tl.records.runner as runs_module
 
 
 @pytest.fixture(autouse=True)
@@ -36,7 +40,7 @@ def own_cache(tmp_path, monkeypatch):
 
 @pytest.fixture
 def count_training(monkeypatch):
-    """Wrap cifar_tl.runs.train to count how often a run really trains."""
+    """Wrap cifar_tl.records.runner.train to count how often a run really trains."""
     calls = []
     original = runs_module.train
 
@@ -129,7 +133,7 @@ def cpu_kind(request, monkeypatch, asked_precision):
     simulated here on any CPU. An explicit --precision does not read them: one kind is enough then."""
     if asked_precision != "auto" and request.param == "native bf16":
         pytest.skip("only --precision auto reads the CPU's flags")
-    monkeypatch.setattr(train_module, "cpu_has_native_bf16", lambda *args: request.param == "native bf16")
+    monkeypatch.setattr(device_module, "cpu_has_native_bf16", lambda *args: request.param == "native bf16")
     return request.param
 
 

@@ -11,12 +11,16 @@ import numpy as np
 import pytest
 import torch
 
-import cifar_tl.runs as runs_module
-from cifar_tl import augment, self_training
-from cifar_tl.data import balanced_subset
-from cifar_tl.recipes import PROFILES, RECIPES, Recipe, SelfTraining, Stage, as_run
-from cifar_tl.runs import (RunConfig, committed_records, current_recipe, identity, make_config, recipe_definition,
-                           record_name, run, stale_reason)
+from cifar_tl.data import augment
+from cifar_tl.data.subsets import balanced_subset
+from cifar_tl.records.identity import (RunConfig, current_recipe, identity, make_config, recipe_definition,
+                                       record_name, stale_reason)
+from cifar_tl.records.runner import run
+from cifar_tl.records.store import committed_records
+from cifar_tl.training import self_training
+from cifar_tl.training.profiles import PROFILES, as_run
+from cifar_tl.training.recipes import RECIPES, Recipe, SelfTraining, Stage
+import cifar_tl.records.runner as runs_module
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
@@ -61,8 +65,8 @@ def test_cutout_greys_one_square_per_image_and_jitter_stays_in_range():
 
 
 def test_a_recipe_can_train_with_strong_augmentation():
-    from cifar_tl.backbones import create_model
-    from cifar_tl.train import train
+    from cifar_tl.models.backbones import create_model
+    from cifar_tl.training.loop import train
 
     torch.manual_seed(0)
     model = create_model("simple_cnn", 3, pretrained=False)

@@ -1,8 +1,8 @@
-"""cifar_tl.tables: the ladder and the reference runs as tables, from records built by hand."""
+"""cifar_tl.book.tables: the ladder and the reference runs as tables, from records built by hand."""
 
 from __future__ import annotations
 
-from cifar_tl import tables
+from cifar_tl.book import tables
 
 
 def record(recipe: str, seed: int, val: float, test: float, **extra) -> dict:

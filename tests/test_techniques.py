@@ -7,10 +7,11 @@ import pytest
 import torch
 from torch import nn
 
-from cifar_tl import augment
-from cifar_tl.backbones import create_model
-from cifar_tl.recipes import RECIPES, Recipe, Stage
-from cifar_tl.train import compute_outputs, train
+from cifar_tl.data import augment
+from cifar_tl.models.backbones import create_model
+from cifar_tl.training.evaluate import compute_outputs
+from cifar_tl.training.loop import train
+from cifar_tl.training.recipes import RECIPES, Recipe, Stage
 
 
 def test_mixup_blends_images_and_targets_with_the_drawn_lambda():
@@ -133,7 +134,7 @@ def test_ema_weights_are_the_moving_average_not_the_last_step():
 def test_ema_warms_up_then_holds_its_decay():
     from torch.optim.swa_utils import AveragedModel
 
-    from cifar_tl.train import ema_update
+    from cifar_tl.training.loop import ema_update
 
     model = nn.Linear(1, 1, bias=False)
     ema = AveragedModel(model, use_buffers=True)

@@ -6,16 +6,11 @@ import math
 
 import pytest
 import torch
-from cifar_tl import augment
-from cifar_tl.backbones import create_model
-from cifar_tl.recipes import Recipe, Stage
-from cifar_tl.train import (
-    group_learning_rates,
-    lr_factor,
-    set_trainable,
-    train,
-    trainable_groups,
-)
+from cifar_tl.data import augment
+from cifar_tl.models.backbones import create_model
+from cifar_tl.training.loop import train
+from cifar_tl.training.recipes import Recipe, Stage
+from cifar_tl.training.schedule import group_learning_rates, lr_factor, set_trainable, trainable_groups
 
 CPU = torch.device("cpu")
 
@@ -83,7 +78,7 @@ def test_group_learning_rates_decay_below_the_head(cnn):
 
 
 def test_optimizer_decays_weights_only_and_carries_group_rates(cnn):
-    from cifar_tl.train import make_optimizer
+    from cifar_tl.training.schedule import make_optimizer
 
     stage = Stage(epochs=1, lr=1e-2, train=2, lr_decay=0.5)
     recipe = Recipe("test", "a test recipe", (stage,), weight_decay=0.05)

@@ -1,0 +1,29 @@
+"""`python -m cifar_tl.book sync-url | readme-table`: the course's two maintenance commands (`book.course`)."""
+
+from __future__ import annotations
+
+import sys
+
+from cifar_tl.book import repository
+from cifar_tl.book.course import readme_table
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args == ["sync-url"]:
+        changed = repository.sync_repository_url()
+        print(f"repository {repository.repository_url()}: "
+              + (", ".join(changed) if changed else "every install line already names it"))
+        return 0
+    if args == ["readme-table"]:
+        print(readme_table())
+        return 0
+    print("usage: python -m cifar_tl.book sync-url       rewrite install lines and Colab links to _config.yml's "
+          "repository.url\n"
+          "       python -m cifar_tl.book readme-table   print the README's table of measured rungs from the records",
+          file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,344 @@
+"""The campaign: train exactly the full-profile records the published book is missing.
+
+The book renders from committed records (`results/<machine>/*.json`). `book_runs()` lists every run
+its chapters show; `campaign_status` says which have a current committed record, which are missing and
+which committed records are stale; `run_campaign` trains the missing ones one at a time, each written
+atomically into `results/<machine>/`, and can be stopped at any point and started again. A claim file
+per run keeps two campaign processes on the same folder from training the same run at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from cifar_tl.core.device import machine
+from cifar_tl.core.errors import UserError
+from cifar_tl.core.files import write_json
+from cifar_tl.records.identity import make_config, stale_reason
+from cifar_tl.records.runner import run as run_one
+from cifar_tl.records.store import committed_records, machine_slug_of, reference_record
+from cifar_tl.training.profiles import get_profile
+from cifar_tl.training.recipes import RECIPES, SEARCH
+
+BOOK_PROFILE = "full"
+PILOT_PROFILE = "pilot"
+DEFAULT_BACKBONE = "efficientnet_lite0"
+# The from-scratch recipe trains its own small CNN; every other recipe fine-tunes the default backbone.
+RECIPE_BACKBONE = {"scratch": "simple_cnn"}
+# Runs a chapter shows besides the recipes it introduces and the ones those build on.
+_CHAPTER_EXTRAS: dict[str, tuple[str, ...]] = {
+    "03-linear-probe": ("scratch",),
+    "04-naive-finetune": ("linear_probe",),
+    "12-full-recipe": (*(r.name for r in RECIPES.values()
+                         if (r.builds_on or r.name == "finetune_naive") and r.self_training is None
+                         and r.consistency is None),
+                       "linear_probe"),
+    "13-unlabelled": ("full",),  # the labels-only recipe the self-training and FixMatch recipes are paired against
+    "a2-cost": ("scratch", "linear_probe", "finetune_naive"),
+}
+# Chapters the published book renders from records: those that show runs, and chapter 1, which shows the
+# data only. The others (the backbone appendix, which needs torchvision's downloaded weights and times
+# this machine) build in the smoke profile until they have records of their own.
+# Pilots a chapter shows: chapter 12's search for a better labels-only recipe (one subset each, validation only):
+# `full` itself as the reference, each candidate of recipes.SEARCH, and `full` on the larger backbones at their
+# native input sizes.
+SEARCH_BACKBONES = {"efficientnet_lite1": 240, "efficientnet_lite2": 260}
+_CHAPTER_PILOTS: dict[str, tuple["PlannedRun", ...]] = {}
+CLAIM_MAX_AGE = 24 * 3600  # a claim from another host older than this is taken to be abandoned
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    recipe: str
+    backbone: str
+    seed: int
+    profile: str = BOOK_PROFILE  # or "pilot": a search candidate, judged on validation, the test split never read
+    image_size: int | None = None  # None: the recipe's or the profile's
+
+    @property
+    def label(self) -> str:
+        size = f"-{self.image_size}px" if self.image_size else ""
+        return f"{self.recipe}-{self.backbone}{size}-s{self.seed}" + (f"-{self.profile}" if self.profile != BOOK_PROFILE
+                                                                       else "")
+
+
+_CHAPTER_PILOTS["12-full-recipe"] = (
+    PlannedRun("full", DEFAULT_BACKBONE, 0, PILOT_PROFILE),
+    *(PlannedRun(name, DEFAULT_BACKBONE, 0, PILOT_PROFILE) for name in SEARCH),
+    *(PlannedRun("full", backbone, 0, PILOT_PROFILE, size) for backbone, size in SEARCH_BACKBONES.items()),
+)
+
+
+def search_runs(profile: str = PILOT_PROFILE) -> list[PlannedRun]:
+    """Chapter 12's search as `profile` runs it: the pilots themselves, or, in a profile that only proves the
+    code runs (smoke), the candidates on the default backbone on the profile's first subset. The larger
+    backbones' candidates are left out there: they differ by their native input size, which a profile with
+    its own small input size does not have."""
+    scaled = get_profile(profile)
+    if profile == PILOT_PROFILE:
+        return list(_CHAPTER_PILOTS["12-full-recipe"])
+    return [PlannedRun(r.recipe, r.backbone, scaled.seeds[0], profile) for r in _CHAPTER_PILOTS["12-full-recipe"]
+            if r.backbone == DEFAULT_BACKBONE or scaled.meaningful]
+
+
+def search_records(profile: str = PILOT_PROFILE, data: str | None = None, progress: bool = False) -> dict[PlannedRun, dict]:
+    """The record of each search run (`search_runs`), trained or read back (rendered from committed pilots when
+    the book is built from records)."""
+    return {planned: run_one(_config(planned, data), progress=progress) for planned in search_runs(profile)}
+
+
+def chapter_recipes(chapter: str) -> list[str]:
+    """The recipes whose full-profile records chapter `chapter` shows, in a stable order."""
+    own = [r for r in RECIPES.values() if r.chapter == chapter and r.name not in SEARCH]  # pilots: _CHAPTER_PILOTS
+    names = [r.builds_on for r in own if r.builds_on] + [r.name for r in own] + list(_CHAPTER_EXTRAS.get(chapter, ()))
+    return list(dict.fromkeys(names))
+
+
+def book_chapters() -> list[str]:
+    """Chapter ids that show full-profile records, in reading order."""
+    ids = {r.chapter for r in RECIPES.values() if r.chapter} | set(_CHAPTER_EXTRAS)
+    return sorted(ids)
+
+
+RECORD_CHAPTERS = frozenset({"01-data", *book_chapters()})
+
+
+def chapter_runs(chapter: str) -> list[PlannedRun]:
+    seeds = get_profile(BOOK_PROFILE).seeds
+    runs = [PlannedRun(name, RECIPE_BACKBONE.get(name, DEFAULT_BACKBONE), seed)
+            for name in chapter_recipes(chapter) for seed in seeds]
+    return runs + list(_CHAPTER_PILOTS.get(chapter, ()))
+
+
+def book_runs() -> list[PlannedRun]:
+    """Every run the full-profile book shows, once each."""
+    return list(dict.fromkeys(run for chapter in book_chapters() for run in chapter_runs(chapter)))
+
+
+def machine_slug() -> str:
+    """A folder name for this machine's records: the GPU, else the CPU with its cores and vector ISA
+    (two CPUs of the same name can differ in AVX-512, which decides bf16 and speed)."""
+    return machine_slug_of({"machine": machine()})
+
+
+def _config(run: PlannedRun, data: str | None = None, precision: str = "auto", device: str | None = None):
+    return make_config(run.recipe, run.backbone, seed=run.seed, profile=run.profile, image_size=run.image_size,
+                       data=data, precision=precision, device=device)
+
+
+def whole(record: dict) -> bool:
+    """A record the book may show: the full profile on every test image, or a pilot (which reads none)."""
+    metrics = record["metrics"]
+    if record["config"]["profile"] == PILOT_PROFILE:
+        return metrics.get("test_read") is False and record["config"]["seed"] in get_profile(PILOT_PROFILE).seeds
+    return (record["config"]["profile"] == BOOK_PROFILE and not metrics.get("test_limited")
+            and metrics["test_images"] == record["data"].get("test_total", metrics["test_images"]))
+
+
+@dataclass
+class Status:
+    done: dict[PlannedRun, dict]
+    missing: list[PlannedRun]
+    stale: list[tuple[str, str]]  # (record file, why)
+
+
+def campaign_status(data: str | None = None) -> Status:
+    """Which planned runs have a current committed record, which are missing; which records are stale."""
+    done, missing = {}, []
+    committed = committed_records()
+    for run in book_runs():
+        record = reference_record(_config(run, data, precision="fp32", device="cpu"), committed)
+        if record is not None and whole(record):
+            done[run] = record
+        else:
+            missing.append(run)
+    stale = [(str(path), why) for path, record in committed if (why := stale_reason(record))]
+    return Status(done, missing, stale)
+
+
+def _fine_tune_epochs(recipe) -> int:
+    """Epochs in which more than the head trains (the expensive ones: a head-only stage on frozen
+    features costs about nothing per epoch). An epoch of consistency training counts as many: each of its
+    steps also trains on two views of `unlabelled_ratio` times as many pool images."""
+    epochs = sum(s.epochs for s in recipe.stages if s.train != "head")
+    if getattr(recipe, "consistency", None) is not None:
+        epochs += sum(s.epochs for s in recipe.consistency.stages) * (1 + 2 * recipe.consistency.unlabelled_ratio)
+    return epochs
+
+
+def estimate_seconds(run: PlannedRun, done: dict[PlannedRun, dict], slug: str) -> tuple[float | None, str]:
+    """Seconds `run` should take, from measured records: the same recipe on this machine, else on any
+    machine, else this machine's (or any machine's) seconds per fine-tuning epoch of the same backbone
+    times the recipe's fine-tuning epochs, plus the evaluation they measured."""
+    same = [r for p, r in done.items()
+            if (p.recipe, p.backbone, p.image_size, p.profile) == (run.recipe, run.backbone, run.image_size, run.profile)]
+    here = [r for r in same if machine_slug_of(r) == slug]
+    for records, how in ((here, "same recipe, this machine"), (same, "same recipe, another machine")):
+        if records:
+            return sum(r["timing"]["total_seconds"] for r in records) / len(records), how
+    recipe = RECIPES[run.recipe]
+    fine_tuned = [(p, r) for p, r in done.items() if p.backbone == run.backbone
+                  and p.recipe in RECIPES and _fine_tune_epochs(RECIPES[p.recipe])]
+    for pool, how in (([x for x in fine_tuned if machine_slug_of(x[1]) == slug], "this machine"),
+                      (fine_tuned, "another machine")):
+        if pool:
+            per_epoch = sorted(r["timing"]["train_seconds"] / _fine_tune_epochs(RECIPES[p.recipe]) for p, r in pool)
+            rest = sorted(r["timing"]["total_seconds"] - r["timing"]["train_seconds"] for _, r in pool)
+            seconds = _fine_tune_epochs(recipe) * per_epoch[len(per_epoch) // 2] + rest[len(rest) // 2]
+            return seconds, f"fine-tuning epochs × measured epoch, {how}"
+    return None, "not measured yet"
+
+
+def _minutes(seconds: float | None) -> str:
+    return "?" if seconds is None else f"{seconds / 60:.0f} min"
+
+
+def describe(status: Status, slug: str) -> str:
+    """What is done, what is left with an estimate, and which committed records are stale."""
+    lines = [f"{len(status.done)} of {len(status.done) + len(status.missing)} runs of the book (full profile, and "
+             "chapter 12's pilots) "
+             f"have a current committed record; {len(status.missing)} missing:"]
+    total = 0.0
+    for run in status.missing:
+        seconds, how = estimate_seconds(run, status.done, slug)
+        total += seconds or 0.0
+        lines.append(f"  {run.label:<44} ≈ {_minutes(seconds):>8}  ({how})")
+    if status.missing:
+        lines.append(f"estimated total: ≈ {total / 3600:.1f} h on one machine like those that measured it")
+    for path, why in status.stale:
+        lines.append(f"stale: {path}: {why} (delete it; the campaign trains its replacement)")
+    return "\n".join(lines)
+
+
+def campaign_order(runs: list[PlannedRun], status: Status, slug: str) -> list[PlannedRun]:
+    """The order the campaign trains `runs` in: the chapters in reading order, so each chapter renders from
+    records as soon as its runs land; within a chapter, the cheapest first (unmeasured first: cheap to learn)."""
+    first_chapter = {}
+    for chapter in book_chapters():
+        for planned in chapter_runs(chapter):
+            first_chapter.setdefault(planned, chapter)
+    return sorted(runs, key=lambda r: (first_chapter.get(r, "~"), estimate_seconds(r, status.done, slug)[0] or 0.0))
+
+
+def train_command(run: PlannedRun, results: Path) -> str:
+    """One shell command that trains `run` and writes its record into `results` (for a scheduler)."""
+    size = f" --image-size {run.image_size}" if run.image_size else ""
+    return (f"cifar-tl train --recipe {run.recipe} --backbone {run.backbone} --seed {run.seed} "
+            f"--profile {run.profile}{size} --results {results}")
+
+
+# -- claims: one process per run ---------------------------------------------------------------------------
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def claim(folder: Path, run: PlannedRun) -> Path | None:
+    """Create the claim file of `run` in `folder`/.claims, or None if a live process holds it.
+
+    A claim left by a process that died on this host, or older than CLAIM_MAX_AGE from another host,
+    is taken over."""
+    claims = folder / ".claims"
+    claims.mkdir(parents=True, exist_ok=True)
+    path = claims / f"{run.label}.claim"
+    mine = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                held = json.loads(path.read_text())
+            except (OSError, ValueError):
+                held = {}
+            same_host = held.get("host") == mine["host"]
+            if same_host and isinstance(held.get("pid"), int) and _alive(held["pid"]):
+                return None
+            if not same_host and time.time() - held.get("started", 0) < CLAIM_MAX_AGE and held:
+                return None
+            path.unlink(missing_ok=True)  # abandoned: take it over
+            continue
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(mine, f)
+        except BaseException:  # a full disk: no empty claim left behind
+            path.unlink(missing_ok=True)
+            raise
+        return path
+    return None
+
+
+def save_to_results(record: dict, results: Path, slug: str | None = None) -> Path:
+    """Write a whole full-profile record atomically into `results/<machine>/<name>.json`."""
+    if not whole(record):
+        raise UserError(f"record {record['name']} is not a whole full-profile run (profile "
+                        f"{record['config']['profile']}, {record['metrics']['test_images']} test images): "
+                        "results/ holds only those")
+    path = results / (slug or machine_slug()) / f"{record['name']}.json"
+    write_json(path, record, compact=True)
+    return path
+
+
+def _fits(run: PlannedRun, status: Status, slug: str, deadline: float | None) -> bool:
+    """Whether `run` can finish before `deadline` (seconds since the epoch) by its measured estimate; a run
+    nobody has measured yet, or any run without a deadline, may start."""
+    seconds = estimate_seconds(run, status.done, slug)[0]
+    return deadline is None or seconds is None or time.time() + seconds <= deadline
+
+
+def run_campaign(results: Path, data: str | None = None, device: str | None = None, precision: str = "auto",
+                 max_runs: int | None = None, recipes: list[str] | None = None, progress: bool = True,
+                 deadline: float | None = None) -> int:
+    """Train missing runs one at a time (in the book's reading order, cheapest first within a chapter),
+    each saved as soon as it is done. Returns how many were trained. Stop it at any time; run it again to
+    go on: an interrupted run resumes from its last finished epoch. With `deadline` (seconds since the
+    epoch), a run whose measured estimate says it cannot finish in time is not started, and is named."""
+    slug = machine_slug()
+    folder = results / slug
+    trained = 0
+    while max_runs is None or trained < max_runs:
+        status = campaign_status(data)
+        todo = [r for r in status.missing if not recipes or r.recipe in recipes]
+        if not todo:
+            print("cifar-tl: campaign: nothing left to train" + (" for the recipes asked" if recipes else ""),
+                  file=sys.stderr)
+            break
+        print(describe(status, slug), file=sys.stderr)
+        todo = campaign_order(todo, status, slug)
+        fitting = [r for r in todo if _fits(r, status, slug, deadline)]
+        if len(fitting) < len(todo):
+            skipped = [r for r in todo if r not in fitting]
+            print(f"cifar-tl: campaign: not starting {len(skipped)} run(s) that cannot finish by "
+                  f"{time.strftime('%H:%M', time.localtime(deadline))}: "
+                  + ", ".join(f"{r.label} (≈ {_minutes(estimate_seconds(r, status.done, slug)[0])})" for r in skipped),
+                  file=sys.stderr)
+        for candidate in fitting:
+            held = claim(folder, candidate)
+            if held is not None:
+                break
+        else:
+            print("cifar-tl: campaign: " + ("every missing run that fits is claimed by another process" if fitting
+                                            else "no missing run fits in the time left"), file=sys.stderr)
+            break
+        try:
+            print(f"cifar-tl: campaign: training {candidate.label}", file=sys.stderr)
+            record = run_one(_config(candidate, data, precision, device), progress=progress, device=device)
+            path = save_to_results(record, results, slug)
+            print(f"cifar-tl: campaign: wrote {path} (validation accuracy {record['metrics']['val_accuracy']:.4f}, "
+                  f"{record['timing']['total_seconds'] / 60:.1f} min)", file=sys.stderr)
+        finally:
+            held.unlink(missing_ok=True)
+        trained += 1
+    return trained

@@ -1,0 +1,2 @@
+"""training: the recipes and profiles, and what carries them out: the schedule, the loop, evaluation, the
+scikit-learn probe, self-training and consistency training (FixMatch)."""
