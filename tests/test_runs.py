@@ -365,3 +365,29 @@ def test_an_interrupted_write_keeps_the_old_record(tiny_dataset, interrupted_wri
 def test_zero_validation_images_is_refused_clearly(tiny_dataset):
     with pytest.raises(UserError, match="--val-per-class must be a positive whole number"):
         _run(_config(tiny_dataset, val_per_class=0))
+
+
+def test_train_small_test_large_trains_at_the_smaller_size_and_evaluates_at_the_input_size(tiny_dataset, monkeypatch):
+    """`train_scale`: every batch the trainer sees is at the fraction of the input size, the final validation and
+    the test images at the input size itself; a recipe without it keeps its record's identity."""
+    from dataclasses import replace
+
+    import cifar_tl.training.evaluate as evaluate_module
+    from cifar_tl.records.identity import current_recipe, recipe_definition
+
+    sizes = {"trained": [], "evaluated": []}
+    real_train, real_outputs = runs_module.train, evaluate_module.compute_outputs
+    monkeypatch.setattr(runs_module, "train", lambda *a, **k: sizes["trained"].append(a[7]) or real_train(*a, **k))
+    monkeypatch.setattr(evaluate_module, "compute_outputs",
+                        lambda model, images, size, *a, **k: sizes["evaluated"].append(size)
+                        or real_outputs(model, images, size, *a, **k))
+    small = replace(RECIPES["finetune_naive"], name="finetune_small", train_scale=0.5)
+    monkeypatch.setitem(RECIPES, "finetune_small", small)
+    record = _run(_config(tiny_dataset, "finetune_small", image_size=64))
+    assert sizes["trained"] == [32] and set(sizes["evaluated"]) == {64}  # validation and test, at 64
+    assert record["recipe"]["train_scale"] == 0.5 and record["config"]["image_size"] == 64
+    assert small.train_size(224) == 112 and RECIPES["finetune_naive"].train_size(224) == 224
+    plain = _config(tiny_dataset, "finetune_naive")
+    assert "train_scale" not in recipe_definition(current_recipe(plain))  # unset: not part of any identity
+    with pytest.raises(ValueError, match="train_scale is a fraction"):
+        replace(small, train_scale=1.5)

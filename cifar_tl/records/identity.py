@@ -42,7 +42,7 @@ DEFAULT_VAL_PER_CLASS = 50
 
 # Recipe fields added later, left out of the definition while unset: the records of recipes without them keep
 # their identity.
-_OPTIONAL_FIELDS = ("self_training", "consistency", "sklearn_probe", "report_tta")
+_OPTIONAL_FIELDS = ("self_training", "consistency", "sklearn_probe", "report_tta", "train_scale")
 
 
 def _module_file(dotted: str, package: Path) -> Path | None:

@@ -105,12 +105,12 @@ def _inputs(config: RunConfig, recipe: Recipe, dataset: ImageDataset) -> _Inputs
 
 
 def _train(config: RunConfig, recipe: Recipe, model, inputs: _Inputs, device, progress: bool, state: StateFile):
-    """The recipe's training: its stages on the labelled subset, then self-training or consistency training on
-    unlabelled images when it has them. Returns the final model, its training, and the record's section on the
-    unlabelled images (None without)."""
+    """The recipe's training, at `recipe.train_size` of the input size: its stages on the labelled subset, then
+    self-training or consistency training on unlabelled images when it has them. Returns the final model, its
+    training, and the record's section on the unlabelled images (None without)."""
     labelled = (*inputs.train, *inputs.val)
-    result = train(model, recipe, recipe.stages, *labelled, config.image_size, device, config.seed, progress,
-                   config.precision, state.child("train"))
+    result = train(model, recipe, recipe.stages, *labelled, recipe.train_size(config.image_size), device, config.seed,
+                   progress, config.precision, state.child("train"))
     if recipe.self_training is not None:  # the model just trained is the first teacher
         return _self_train(config, recipe, model, result, inputs, labelled, device, progress, state)
     if recipe.consistency is not None:  # the model just trained is where consistency training starts
@@ -272,8 +272,9 @@ def _self_train(config: RunConfig, recipe: Recipe, teacher, teacher_result, inpu
         return create_model(config.backbone, len(dataset.classes))
 
     pool_images = torch.from_numpy(dataset.train_images[pool])  # images only: the labels stay behind
-    outcome = self_training.self_train(teacher, new_student, recipe, *labelled, pool_images, config.image_size, device,
-                                       config.seed, progress, config.precision, state)
+    outcome = self_training.self_train(teacher, new_student, recipe, *labelled, pool_images,
+                                       recipe.train_size(config.image_size), device, config.seed, progress,
+                                       config.precision, state)
     available = len(dataset.train_images) - len(train_idx) - len(val_idx)
     section = self_training.accounting(outcome, settings, pool, available, dataset.classes)
     section["diagnostics"] = self_training.diagnostics(outcome, dataset.train_labels[pool], dataset.classes)
@@ -296,9 +297,9 @@ def _consistency_train(config: RunConfig, recipe: Recipe, model, labelled_result
         start = create_model(config.backbone, len(dataset.classes))
     start_weights = weights_of(start)
     pool_images = torch.from_numpy(dataset.train_images[pool])  # images only: the labels stay behind
-    result = consistency.consistency_train(model, recipe, *labelled, pool_images, config.image_size, device,
-                                           config.seed + 1, progress, config.precision, state.child("consistency"),
-                                           start_weights)
+    result = consistency.consistency_train(model, recipe, *labelled, pool_images, recipe.train_size(config.image_size),
+                                           device, config.seed + 1, progress, config.precision,
+                                           state.child("consistency"), start_weights)
     merged = consistency.merged_result(labelled_result, result)
     available = len(dataset.train_images) - len(train_idx) - len(val_idx)
     section = consistency.accounting(merged.history, settings, pool, available)

@@ -82,7 +82,7 @@ def validation_accuracy(model, recipe: Recipe, result, views: str | None, x_val,
                                             precision=precision, plain_too=True)
         by_views = {"none": accuracy(plain, y_val, n_classes), views: accuracy(with_views, y_val, n_classes)}
         return by_views, by_views[recipe.tta]
-    if recipe.ema_decay > 0:  # the final model differs from the last epoch's
+    if recipe.ema_decay > 0 or recipe.train_size(size) != size:  # not the last epoch's model, or not its size
         logits = compute_outputs(model, x_val, size, batch, device, precision=precision)
         return None, accuracy(logits, y_val, n_classes)
     return None, result.history[-1]["val_accuracy"]

@@ -159,6 +159,10 @@ class Recipe:
     # Also fit scikit-learn's logistic regression on the frozen features the head trained on, with its
     # inverse regularisation C chosen on the validation split from these values (a head-only recipe only).
     sklearn_probe: tuple[float, ...] | None = None
+    # Train at this fraction of the input size and evaluate at the full size (train small, test large: the
+    # objects a random crop enlarges in training look as large as the test images' at the larger size; Touvron et
+    # al. 2019, "Fixing the train-test resolution discrepancy"). None: train and evaluate at one size.
+    train_scale: float | None = None
 
     def __post_init__(self):
         if self.augment not in AUGMENTATIONS:
@@ -168,6 +172,8 @@ class Recipe:
                              "using the unlabelled pool")
         if self.tta not in TTA_MODES:
             raise ValueError(f"tta must be one of {TTA_MODES}")
+        if self.train_scale is not None and not 0 < self.train_scale <= 1:
+            raise ValueError("train_scale is a fraction of the input size, above 0 and at most 1")
         if self.report_tta is not None and (self.report_tta not in TTA_MODES or self.report_tta == "none"
                                             or self.tta != "none"):
             raise ValueError(f"report_tta is one of {TTA_MODES[1:]}, for a recipe without test-time augmentation")
@@ -180,12 +186,13 @@ class Recipe:
                                  "images, without test-time augmentation (the features must be fixed)")
 
     def as_dict(self) -> dict:
-        """The recipe as a dict. `self_training`, `consistency`, `sklearn_probe` and `report_tta` appear only
+        """The recipe as a dict. `self_training`, `consistency`, `sklearn_probe`, `report_tta` and `train_scale` appear only
         when the recipe has them (as lists, as JSON reads them back): a recipe without them has the same dict, and so the same
         definition and record identity, as before the fields existed."""
         d = asdict(self)
-        if d["report_tta"] is None:
-            del d["report_tta"]
+        for optional in ("report_tta", "train_scale"):
+            if d[optional] is None:
+                del d[optional]
         if d["self_training"] is None:
             del d["self_training"]
         else:
@@ -199,6 +206,10 @@ class Recipe:
         else:
             d["sklearn_probe"] = list(d["sklearn_probe"])
         return d
+
+    def train_size(self, image_size: int) -> int:
+        """The input side this recipe trains at when it is evaluated at `image_size`."""
+        return image_size if self.train_scale is None else max(16, round(image_size * self.train_scale))
 
 
 def _step(base: Recipe, name: str, chapter: str, description: str, **changes) -> Recipe:
@@ -307,6 +318,8 @@ def _search(full: Recipe) -> list[Recipe]:
         candidate("no_mixing", "neither MixUp nor CutMix", mixup_alpha=0.0, cutmix_alpha=0.0),
         candidate("sgd", "SGD (Nesterov momentum 0.9, peak rate 0.01) in the fine-tuning stage",
                   stages=(probe, replace(tune, optimizer="sgd", lr=0.01))),
+        candidate("train_small", "training at 160 px and testing at 224 (train_scale 5/7 of the input size)",
+                  train_scale=5 / 7),
     ]
 
 
