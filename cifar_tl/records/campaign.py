@@ -204,11 +204,11 @@ def describe(status: Status, slug: str) -> str:
     lines = [f"{len(status.done)} of {len(status.done) + len(status.missing)} runs of the book (full profile, and "
              "chapter 12's pilots) "
              f"have a current committed record; {len(status.missing)} missing:"]
-    total = 0.0
+    total, width = 0.0, max((len(run.label) for run in status.missing), default=0)
     for run in status.missing:
         seconds, how = estimate_seconds(run, status.done, slug)
         total += seconds or 0.0
-        lines.append(f"  {run.label:<44} ≈ {_minutes(seconds):>8}  ({how})")
+        lines.append(f"  {run.label:<{width}} ≈ {_minutes(seconds):>8}  ({how})")
     if status.missing:
         lines.append(f"estimated total: ≈ {total / 3600:.1f} h on one machine like those that measured it")
     for path, why in status.stale:
