@@ -136,3 +136,19 @@ def test_a_chapter_imports_the_library_from_the_book_face_only(chapter_id):
             elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("cifar_tl"):
                 assert node.module == "cifar_tl.book", f"{chapter_id}: {ast.unparse(node)}"
                 assert {a.name for a in node.names} <= set(face.__all__), f"{chapter_id}: {ast.unparse(node)}"
+
+
+@pytest.mark.parametrize("chapter_id", [c.id for c in CHAPTERS])
+def test_a_chapter_uses_no_name_that_none_of_its_cells_defines_or_imports(chapter_id):
+    """pyflakes over the chapter's code cells in order (shell and magic lines left out): an undefined name would stop
+    the chapter with a NameError at that cell, in the book build and on Colab alike."""
+    from pyflakes.api import check
+    from pyflakes.reporter import Reporter
+
+    cells = [cell.source for cell in _notebook(chapter_id).cells if cell.cell_type == "code"]
+    code = "\n\n".join("\n".join(line for line in source.splitlines() if not line.lstrip().startswith(("!", "%")))
+                       for source in cells)
+    warnings = io.StringIO()
+    check(code, f"{chapter_id}.ipynb", Reporter(warnings, io.StringIO()))
+    undefined = [line for line in warnings.getvalue().splitlines() if "undefined name" in line]
+    assert undefined == [], "\n".join(undefined)
