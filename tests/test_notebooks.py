@@ -119,14 +119,19 @@ def test_setup_page_installs_the_same_version_as_the_notebooks():
     assert f"cifar-tl @ git+https://github.com/cifar-tl/cifar-tl@v{VERSION}" in page
 
 
-@pytest.mark.parametrize("chapter_id", [c.id for c in CHAPTERS])
-def test_a_chapter_imports_the_library_from_the_book_face_only(chapter_id):
+# Every notebook the book executes: the chapters, and the book's own pages written as notebooks (the introduction).
+PAGES = {**{c.id: c.path for c in CHAPTERS}, **{p.stem: p for p in sorted((ROOT / "book").glob("*.ipynb"))}}
+
+
+@pytest.mark.parametrize("page", sorted(PAGES))
+def test_a_chapter_imports_the_library_from_the_book_face_only(page):
     """One obvious place: `from cifar_tl.book import ...`, and every name it takes is one the face exports."""
     import ast
 
     import cifar_tl.book as face
 
-    for cell in _notebook(chapter_id).cells:
+    chapter_id = page
+    for cell in nbformat.read(PAGES[page], as_version=4).cells:
         if cell.cell_type != "code":
             continue
         code = "\n".join(line for line in cell.source.splitlines() if not line.lstrip().startswith(("!", "%")))
@@ -138,17 +143,17 @@ def test_a_chapter_imports_the_library_from_the_book_face_only(chapter_id):
                 assert {a.name for a in node.names} <= set(face.__all__), f"{chapter_id}: {ast.unparse(node)}"
 
 
-@pytest.mark.parametrize("chapter_id", [c.id for c in CHAPTERS])
-def test_a_chapter_uses_no_name_that_none_of_its_cells_defines_or_imports(chapter_id):
+@pytest.mark.parametrize("page", sorted(PAGES))
+def test_a_chapter_uses_no_name_that_none_of_its_cells_defines_or_imports(page):
     """pyflakes over the chapter's code cells in order (shell and magic lines left out): an undefined name would stop
     the chapter with a NameError at that cell, in the book build and on Colab alike."""
     from pyflakes.api import check
     from pyflakes.reporter import Reporter
 
-    cells = [cell.source for cell in _notebook(chapter_id).cells if cell.cell_type == "code"]
+    cells = [cell.source for cell in nbformat.read(PAGES[page], as_version=4).cells if cell.cell_type == "code"]
     code = "\n\n".join("\n".join(line for line in source.splitlines() if not line.lstrip().startswith(("!", "%")))
                        for source in cells)
     warnings = io.StringIO()
-    check(code, f"{chapter_id}.ipynb", Reporter(warnings, io.StringIO()))
+    check(code, f"{page}.ipynb", Reporter(warnings, io.StringIO()))
     undefined = [line for line in warnings.getvalue().splitlines() if "undefined name" in line]
     assert undefined == [], "\n".join(undefined)

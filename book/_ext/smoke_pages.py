@@ -1,6 +1,6 @@
 """A Sphinx extension: a page built in the smoke profile says so where nobody can miss it.
 
-A chapter built in the smoke profile displays a warning from `cifar_tl.pages.page_header` (a Markdown block
+A chapter built in the smoke profile displays a warning from `cifar_tl.book.pages.page_header` (a Markdown block
 quote that starts with "Warning: smoke profile.", so JupyterLab and Colab show it too). In the built book this
 lifts that warning to the top of the page, under the title, as a warning banner, and adds " (smoke)" to the
 page's entry in the table of contents (Sphinx takes it from the page's own first title, which shows it too) and to
@@ -9,7 +9,7 @@ the previous/next links.
 
 from docutils import nodes
 
-MARKER = "Warning: smoke profile."  # cifar_tl.pages.SMOKE_BANNER
+MARKER = "Warning: smoke profile."  # cifar_tl.book.pages.SMOKE_BANNER
 TOC_MARK = " (smoke)"
 
 

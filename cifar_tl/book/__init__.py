@@ -7,6 +7,7 @@ chapters with papermill and builds the site.
 
 from cifar_tl.book import (bn_diagnostics, chapter, cost_views, course, ladder, pages, plots, pseudo_label_views,
                            recipe_cards, tables)
+from cifar_tl.book.build import chapters
 from cifar_tl.book.chapter import record_for, render_only, run_seeds
 from cifar_tl.core import metrics, stats
 from cifar_tl.core.errors import UserError
@@ -26,7 +27,7 @@ from cifar_tl.training.recipes import RECIPES
 
 __all__ = [
     "augment", "BACKBONES", "balanced_subset", "bn_diagnostics", "cache_dir", "campaign", "capped_test", "chapter",
-    "committed_records", "cost_views", "course", "create_model", "DEFAULT_VAL_PER_CLASS", "get_profile",
+    "chapters", "committed_records", "cost_views", "course", "create_model", "DEFAULT_VAL_PER_CLASS", "get_profile",
     "hardest_pairs", "ladder", "load_dataset", "logistic_probe", "machine_name", "make_config", "metrics",
     "own_data", "pages", "plots", "pseudo_label_views", "recipe_cards", "RECIPES", "record_for", "records_location",
     "render_only", "run_seeds", "self_training", "stale_reason", "stats", "tables", "train", "training_step",
