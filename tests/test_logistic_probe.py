@@ -101,3 +101,7 @@ def test_cross_validation_chooses_c_from_the_training_features_alone():
     assert chosen["test_accuracy"] == sklearn_probe(*train, *test, C=chosen["C"])[0]
     shuffled = probe_chosen_by_cross_validation(train, (test[0], rng.permutation(test[1])), grid, folds=4)
     assert (shuffled["C"], shuffled["cv_accuracy_by_C"]) == (chosen["C"], chosen["cv_accuracy_by_C"])
+    # a class with fewer images than folds: that many folds; with one image, no cross-validation at all
+    few = (train[0][:8], np.array([0, 0, 1, 1, 2, 2, 3, 3]))
+    assert probe_chosen_by_cross_validation(few, test, grid)["folds"] == 2
+    assert probe_chosen_by_cross_validation((few[0][:4], np.array([0, 1, 2, 3])), test, grid) is None

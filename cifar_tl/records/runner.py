@@ -130,7 +130,8 @@ def _evaluate(config: RunConfig, recipe: Recipe, model, result, inputs: _Inputs,
     if inputs.test is not None:
         tested = read_test_set(model, recipe, result, views, (inputs.train[1], inputs.val[1]), *inputs.test,
                                config.image_size, config.precision, device, batch, progress)
-    seconds = time.perf_counter() - started - ((tested or {}).get("sklearn_seconds") or 0.0)
+    probes = ((tested or {}).get("sklearn_seconds") or 0.0) + ((tested or {}).get("cross_validation_seconds") or 0.0)
+    seconds = time.perf_counter() - started - probes  # the test images' evaluation alone
     metrics = _metrics(val_accuracy, tested, inputs, config)
     if views is not None:  # accuracy with and without the test-time views, from the same passes
         metrics["by_test_time_views"] = {
@@ -138,7 +139,8 @@ def _evaluate(config: RunConfig, recipe: Recipe, model, result, inputs: _Inputs,
             for view in ("none", views)}
     if tested is not None and tested["sklearn_probe"] is not None:
         metrics["sklearn_probe"] = tested["sklearn_probe"]
-    return {"metrics": metrics, "seconds": seconds, "sklearn_seconds": (tested or {}).get("sklearn_seconds")}
+    return {"metrics": metrics, "seconds": seconds, "sklearn_seconds": (tested or {}).get("sklearn_seconds"),
+            "cross_validation_seconds": (tested or {}).get("cross_validation_seconds")}
 
 
 def _metrics(val_accuracy: float, tested: dict | None, inputs: _Inputs, config: RunConfig) -> dict:
@@ -208,6 +210,7 @@ def _record(config: RunConfig, ident: dict, checksum: str, inputs: _Inputs, mode
         record["self_training" if recipe.consistency is None else "consistency"] = unlabelled
     if evaluated["sklearn_seconds"] is not None:
         record["timing"]["sklearn_probe_seconds"] = evaluated["sklearn_seconds"]
+        record["timing"]["cross_validation_seconds"] = evaluated["cross_validation_seconds"]
     return record
 
 

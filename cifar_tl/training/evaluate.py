@@ -54,7 +54,7 @@ def sklearn_probe_on_features(recipe: Recipe, result, labels, test_features: tor
     """scikit-learn's logistic regression on the frozen features the recipe's head trained on, C chosen on
     the validation split (`logistic_probe.probe_chosen_on_validation`); and, beside it with its own seconds,
     C chosen without the validation split, by cross-validation over the training features alone
-    (`logistic_probe.probe_chosen_by_cross_validation`)."""
+    (`logistic_probe.probe_chosen_by_cross_validation`). Returns the probe and the cross-validation's seconds."""
     from cifar_tl.training.logistic_probe import probe_chosen_by_cross_validation, probe_chosen_on_validation
 
     if result.features is None:
@@ -64,8 +64,7 @@ def sklearn_probe_on_features(recipe: Recipe, result, labels, test_features: tor
     probe = probe_chosen_on_validation(train, (val_features.numpy(), y_val.numpy()), test, recipe.sklearn_probe)
     started = time.perf_counter()
     probe["cross_validated"] = probe_chosen_by_cross_validation(train, test, recipe.sklearn_probe)
-    probe["cross_validated"]["seconds"] = time.perf_counter() - started
-    return probe
+    return probe, time.perf_counter() - started
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor, n_classes: int) -> float:
@@ -93,15 +92,16 @@ def read_test_set(model, recipe: Recipe, result, views: str | None, labels, x_te
     """The test images, read once: the metrics of the model as deployed, the accuracy with and without
     `views`, and scikit-learn's probe on the frozen features (and its seconds) for a recipe that has it."""
     n_classes = model.head.out_features
-    out = {"by_views": None, "sklearn_probe": None, "sklearn_seconds": None}
+    out = {"by_views": None, "sklearn_probe": None, "sklearn_seconds": None, "cross_validation_seconds": None}
     if recipe.sklearn_probe is not None:  # the test images' frozen features feed the trained head and the probe
         features = compute_outputs(model, x_test, size, batch, device, features=True,
                                    progress=progress, desc="test set", precision=precision)
         with torch.inference_mode():
             logits = model.head(features.to(device)).float().cpu()
         started = time.perf_counter()
-        out["sklearn_probe"] = sklearn_probe_on_features(recipe, result, (*labels, y_test), features)
-        out["sklearn_seconds"] = time.perf_counter() - started - out["sklearn_probe"]["cross_validated"]["seconds"]
+        out["sklearn_probe"], out["cross_validation_seconds"] = sklearn_probe_on_features(recipe, result,
+                                                                                         (*labels, y_test), features)
+        out["sklearn_seconds"] = time.perf_counter() - started - out["cross_validation_seconds"]
     elif views is not None:
         with_views, plain = compute_outputs(model, x_test, size, batch, device, progress=progress,
                                             desc="test set", tta=views, precision=precision, plain_too=True)

@@ -61,8 +61,12 @@ def probe_chosen_by_cross_validation(train, test, grid, folds: int = 5, seed: in
     of them at the chosen C, and the test set read once, for it.
 
     `train` and `test` are (features, labels) pairs. Returns each C's mean accuracy over the held-out folds, the
-    C chosen (the first of a tie) and its test accuracy."""
+    C chosen (the first of a tie) and its test accuracy; None when a class has a single image. With fewer images
+    than `folds` in a class, that many folds."""
     features, labels = np.asarray(train[0]), np.asarray(train[1])
+    folds = min(folds, int(np.unique(labels, return_counts=True)[1].min()))  # each fold holds every class
+    if folds < 2:
+        return None  # a class with one labelled image: nothing to cross-validate on
     search = GridSearchCV(make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)),
                           {"logisticregression__C": list(grid)}, scoring="accuracy",
                           cv=StratifiedKFold(folds, shuffle=True, random_state=seed), refit=True)
