@@ -71,8 +71,8 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor, n_classes: int) -> floa
     return classification_metrics(logits, labels.numpy(), n_classes)["accuracy"]
 
 
-def validation_accuracy(model, recipe: Recipe, result, views: str | None, x_val, y_val, size: int, precision: str, device,
-                        batch: int):
+def validation_accuracy(model, recipe: Recipe, result, views: str | None, x_val, y_val, size: int, precision: str,
+                        device, batch: int):
     """The final model's validation accuracy as deployed (its EMA and test-time views), and with `views`, the
     accuracy with and without them ({view: accuracy}) from the same pass."""
     n_classes = model.head.out_features
