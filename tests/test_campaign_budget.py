@@ -77,3 +77,31 @@ def test_a_bad_budget_is_one_line_and_exit_status_2(arguments, message, capsys):
     assert cli.main(["campaign", *arguments]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and message in err
+
+
+def _finished(recipe: str, train_seconds: float, rest: float = 100.0) -> dict:
+    return {"timing": {"train_seconds": train_seconds, "total_seconds": train_seconds + rest},
+            "machine": {"cpu": "test cpu", "cpu_count": 2, "cpu_capability": "AVX2"}}
+
+
+def test_estimates_count_what_a_recipe_trains_beyond_its_own_stages():
+    """Measured: finetune_naive, 15 fine-tuning epochs in 900 s, so 60 s an epoch. A run of another recipe
+    is estimated from its own work, not from its stages alone."""
+    done = {PlannedRun("finetune_naive", "efficientnet_lite0", 0): _finished("finetune_naive", 900.0)}
+    slug = campaign.machine_slug_of(done[PlannedRun("finetune_naive", "efficientnet_lite0", 0)])
+
+    def minutes(recipe):
+        return campaign.estimate_seconds(PlannedRun(recipe, "efficientnet_lite0", 1), done, slug)[0] / 60
+
+    assert minutes("finetune_naive") == pytest.approx(16 + 40 / 60)  # same recipe, this machine: its total
+    teacher, student = campaign.RECIPES["full"], campaign.RECIPES["self_training"].self_training
+    assert minutes("full") == pytest.approx(sum(s.epochs for s in teacher.stages if s.train != "head") + 100 / 60)
+    # self-training: the teacher's epochs, plus a student over its labelled repeats and kept pseudo-labels, plus
+    # labelling the pool: far more than the teacher alone
+    kept = 10 * student.per_class / 1_000
+    assert minutes("self_training") > minutes("full") + sum(
+        s.epochs for s in student.stages if s.train != "head") * (student.labelled_repeats + kept)
+    # training at 5/7 of the input size costs (5/7)^2 of the same epochs
+    small = campaign.RECIPES["search_train_small"]
+    assert minutes("search_train_small") == pytest.approx(
+        sum(s.epochs for s in small.stages if s.train != "head") * (5 / 7) ** 2 + 100 / 60)
