@@ -143,6 +143,28 @@ def test_the_book_renders_from_committed_records_without_training_or_data(tiny_d
         record_for(elsewhere, return_model=True)
 
 
+def test_recorded_seeds_reads_what_exists_and_trains_nothing(tiny_dataset, tmp_path, monkeypatch):
+    """Appendix A2's every-recipe table: the records that exist, however few, and never a run for them.
+    Rendering the book reads the committed records only; elsewhere this machine's cache counts too."""
+    from cifar_tl.book import chapter
+    from cifar_tl.book.cost_views import recipe_costs
+
+    options = dict(per_class=5, val_per_class=5, image_size=32, epochs=1, data=str(tiny_dataset))
+    cached = run(_config(tiny_dataset, seed=0), progress=False)
+    committed = run(_config(tiny_dataset, recipe="finetune_naive", seed=1), progress=False)
+    monkeypatch.setenv("CIFAR_TL_RESULTS", str(_committed(tmp_path, committed)))
+    monkeypatch.setattr(runs_module, "train", lambda *a, **k: pytest.fail("trained for a table of what exists"))
+    assert chapter.recorded_seeds("linear_probe", "simple_cnn", "smoke", [0, 1], **options) == [cached]
+    assert chapter.recorded_seeds("finetune_naive", "simple_cnn", "smoke", [0, 1], **options) == [committed]
+    monkeypatch.setenv("CIFAR_TL_RENDER_ONLY", "1")
+    assert chapter.recorded_seeds("linear_probe", "simple_cnn", "smoke", [0, 1], **options) == []
+    table = recipe_costs({"finetune_naive": [committed]})
+    row = table.loc["finetune_naive"]
+    assert row["runs"] == 1 and row["fine-tuning epochs"] == 1  # the profile's one epoch, not the recipe's 15
+    assert row["training seconds per epoch"] == pytest.approx(committed["timing"]["train_seconds"])
+    assert row["threads"] == str(committed["machine"]["torch_threads"])
+
+
 def test_rendering_refuses_a_stale_record(tiny_dataset, tmp_path, monkeypatch):
     from dataclasses import replace
 

@@ -21,7 +21,7 @@ from cifar_tl.data.subsets import MAX_SEED
 from cifar_tl.models.backbones import check_backbone
 from cifar_tl.records.identity import RunConfig, make_config
 from cifar_tl.records.runner import run
-from cifar_tl.records.store import reference_record, results_dirs
+from cifar_tl.records.store import cached_records, committed_records, reference_record, results_dirs
 from cifar_tl.training.profiles import PROFILES, Profile, get_profile
 
 
@@ -226,5 +226,17 @@ def run_seeds(recipe: str, backbone: str, profile: str, seeds=None, force: bool 
     seeds = get_profile(profile).seeds if seeds is None else seeds
     records = [record_for(make_config(recipe, backbone, seed=s, profile=profile, **config), force=force,
                           progress=progress) for s in seeds]
+    _SHOWN.update((r["name"], r) for r in records)
+    return records
+
+
+def recorded_seeds(recipe: str, backbone: str, profile: str, seeds=None, **config) -> list[dict]:
+    """The records of `recipe` that exist already for the profile's seeds (or `seeds`), with nothing trained:
+    the committed ones and, unless the book is being rendered from records, this machine's cache. For a page
+    that sets every recipe with records side by side; it says how many subsets each one has."""
+    seeds = get_profile(profile).seeds if seeds is None else seeds
+    known = committed_records() + ([] if render_only() else cached_records())
+    configs = [make_config(recipe, backbone, seed=s, profile=profile, **config) for s in seeds]
+    records = [r for c in configs if (r := reference_record(c, known)) is not None]
     _SHOWN.update((r["name"], r) for r in records)
     return records

@@ -21,6 +21,8 @@ from cifar_tl.core.errors import UserError
 from cifar_tl.core.stats import accuracies, fmt_mean_std
 from cifar_tl.models.backbones import (BACKBONES, FROM_SCRATCH, check_backbone, create_model, torchvision_checkpoint,
                                        weights_identity)
+from cifar_tl.records.campaign import fine_tune_epochs
+from cifar_tl.records.identity import RunConfig, run_recipe
 from cifar_tl.records.store import machine_name
 
 NO_WEIGHTS_TEXT = "weights not available here"
@@ -210,11 +212,13 @@ def machines(records_by_label: dict[str, list[dict]]) -> list[str]:
 
 
 def cost_table(records_by_label: dict[str, list[dict]]) -> pd.DataFrame:
-    """One row per setting: wall-clock seconds per run (mean over its subsets) and where they went,
-    throughput, test accuracy (mean ± std), and the machine that timed it."""
+    """One row per setting: how many runs, wall-clock seconds per run (mean over its subsets, and the
+    fastest and slowest) and where they went, throughput, test accuracy (mean ± std), and the machine
+    that timed it."""
     rows = []
     for label, records in records_by_label.items():
         timing = [r["timing"] for r in records]
+        totals = [t["total_seconds"] for t in timing]
 
         def mean(key):
             values = [t.get(key) for t in timing if t.get(key) is not None]
@@ -222,7 +226,9 @@ def cost_table(records_by_label: dict[str, list[dict]]) -> pd.DataFrame:
 
         rows.append({
             "setting": label,  # names the recipe and backbone
+            "runs": len(records),
             "seconds per run": mean("total_seconds"),
+            "fastest–slowest run (s)": f"{min(totals):,.0f}–{max(totals):,.0f}",
             "training seconds": mean("train_seconds"),
             "feature seconds": mean("feature_seconds"),
             "training images/s": mean("train_images_per_second"),
@@ -231,6 +237,27 @@ def cost_table(records_by_label: dict[str, list[dict]]) -> pd.DataFrame:
             "machine": "; ".join(dict.fromkeys(machine_name(r) for r in records)),
         })
     return pd.DataFrame(rows).set_index("setting")
+
+
+def run_work(record: dict) -> float:
+    """The work of the run that wrote `record`, in fine-tuning epochs (`records.campaign.fine_tune_epochs`) of its
+    recipe as its profile ran it."""
+    return fine_tune_epochs(run_recipe(RunConfig(**record["config"])))
+
+
+def recipe_costs(records_by_label: dict[str, list[dict]]) -> pd.DataFrame:
+    """Every recipe's cost, cheapest first: its runs, seconds per run and their spread, its work in fine-tuning
+    epochs and the training seconds each cost, the torch threads its runs had, accuracy and machine."""
+    table = cost_table(records_by_label)
+    work = {label: run_work(records[0]) for label, records in records_by_label.items()}
+    table["fine-tuning epochs"] = [work[label] or None for label in table.index]
+    table["training seconds per epoch"] = [table.loc[label, "training seconds"] / work[label] if work[label] else None
+                                           for label in table.index]
+    table["threads"] = [", ".join(dict.fromkeys(str(r["machine"].get("torch_threads", "?")) for r in records))
+                        for records in records_by_label.values()]
+    return table.sort_values("seconds per run")[
+        ["runs", "seconds per run", "fastest–slowest run (s)", "fine-tuning epochs", "training seconds per epoch",
+         "threads", "test accuracy", "machine"]]
 
 
 def predictions_by_size(model, images, sizes, device=None) -> dict[int, np.ndarray]:

@@ -165,7 +165,7 @@ def campaign_status(data: str | None = None) -> Status:
     return Status(done, missing, stale)
 
 
-# For `_fine_tune_epochs`: the labelled images of a full-profile subset, the unlabelled pool beside them, and what
+# For `fine_tune_epochs`: the labelled images of a full-profile subset, the unlabelled pool beside them, and what
 # one image costs at evaluation against one training step (measured: 61.8 against 13.1 images/s, `cifar-tl bench`
 # on the 2-core AVX2 CPU; 182.8 against 36.2 on the AVX-512 one).
 _LABELLED_IMAGES = 1_000
@@ -173,7 +173,7 @@ _POOL_IMAGES = 48_500
 _EVAL_COST = 0.2
 
 
-def _fine_tune_epochs(recipe) -> float:
+def fine_tune_epochs(recipe) -> float:
     """The recipe's expensive work, in epochs over the 1,000 labelled images with more than the head training
     (a head-only stage on frozen features costs about nothing per epoch). Training at `train_scale` costs its
     square. An epoch of consistency training counts as many: each of its steps also trains on two views of
@@ -209,13 +209,13 @@ def estimate_seconds(run: PlannedRun, done: dict[PlannedRun, dict], slug: str) -
             return sum(r["timing"]["total_seconds"] for r in records) / len(records), how
     recipe = RECIPES[run.recipe]
     fine_tuned = [(p, r) for p, r in done.items() if p.backbone == run.backbone
-                  and p.recipe in RECIPES and _fine_tune_epochs(RECIPES[p.recipe])]
+                  and p.recipe in RECIPES and fine_tune_epochs(RECIPES[p.recipe])]
     for pool, how in (([x for x in fine_tuned if machine_slug_of(x[1]) == slug], "this machine"),
                       (fine_tuned, "another machine")):
         if pool:
-            per_epoch = sorted(r["timing"]["train_seconds"] / _fine_tune_epochs(RECIPES[p.recipe]) for p, r in pool)
+            per_epoch = sorted(r["timing"]["train_seconds"] / fine_tune_epochs(RECIPES[p.recipe]) for p, r in pool)
             rest = sorted(r["timing"]["total_seconds"] - r["timing"]["train_seconds"] for _, r in pool)
-            seconds = _fine_tune_epochs(recipe) * per_epoch[len(per_epoch) // 2] + rest[len(rest) // 2]
+            seconds = fine_tune_epochs(recipe) * per_epoch[len(per_epoch) // 2] + rest[len(rest) // 2]
             return seconds, f"fine-tuning epochs × measured epoch, {how}"
     return None, "not measured yet"
 

@@ -79,9 +79,19 @@ def committed_records() -> list[tuple[Path, dict]]:
         for path in record_files(folder):
             stat = path.stat()
             record = _committed_record(path, stat.st_size, stat.st_mtime_ns)
-            if isinstance(record, dict) and {"config", "metrics", "identity"} <= record.keys():
+            if _is_run_record(record):
                 found.append((path, record))
     return found
+
+
+def cached_records() -> list[tuple[Path, dict]]:
+    """Every readable run record in this machine's cache (`CIFAR_TL_CACHE/runs/`), with its path."""
+    return [(path, record) for path in sorted(cache_dir("runs").glob("*.json"))
+            if _is_run_record(record := read_record(path))]
+
+
+def _is_run_record(record) -> bool:
+    return isinstance(record, dict) and {"config", "metrics", "identity"} <= record.keys()
 
 
 def find_record(name: str, ident: dict) -> dict | None:
