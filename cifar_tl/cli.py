@@ -56,6 +56,14 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _sizes(text: str) -> list[int]:
+    """Input sizes separated by commas, e.g. 32,64,128."""
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list of whole numbers such as 32,64,128") from None
+
+
 def _seed(text: str) -> int:
     from cifar_tl.data.subsets import MAX_SEED
 
@@ -110,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--test-limit", type=_test_limit, default=argparse.SUPPRESS,
                        help="a class-balanced cap on test images, or 'all' (default: the profile's)")
     train.add_argument("--val-per-class", type=_positive_int, default=50, help="validation images per class")
+    train.add_argument("--eval-sizes", type=_sizes, metavar="N,N,...",
+                       help="also classify the test images at these input sizes (the record keeps the predictions)")
     train.add_argument("--data", help="class-folder directory or .tar.gz, or 'cifar10' (default: $CIFAR_TL_DATA)")
     train.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if there is one)")
     train.add_argument("--precision", choices=PRECISIONS, default="auto", help=precision_help)
@@ -201,6 +211,7 @@ def _train(args) -> None:
         args.recipe, args.backbone, per_class=args.per_class, seed=args.seed, profile=args.profile,
         image_size=args.image_size, epochs=args.epochs, test_limit=getattr(args, "test_limit", "profile"),
         val_per_class=args.val_per_class, data=args.data, precision=args.precision, device=args.device,
+        eval_sizes=args.eval_sizes,
     )
     if args.save_checkpoint:
         from cifar_tl.models.checkpoints import save_checkpoint

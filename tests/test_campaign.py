@@ -260,9 +260,9 @@ def test_campaign_commands_are_one_train_command_per_missing_run(tmp_path, cli_m
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert len(lines) == len(book_runs())  # an empty results folder misses every run
-    pattern = rf"cifar-tl train --recipe \w+ --backbone \w+ --seed \d --profile (full|pilot)( --image-size \d+)? --results {tmp_path}"
+    pattern = rf"cifar-tl train --recipe \w+ --backbone \w+ --seed \d --profile (full|pilot)( --image-size \d+)?( --per-class \d+)?( --eval-sizes [\d,]+)? --results {tmp_path}"
     assert all(re.fullmatch(pattern, line) for line in lines), lines
-    assert sum(" --profile pilot" in line for line in lines) == len(campaign._CHAPTER_PILOTS["12-full-recipe"])
+    assert sum(" --profile pilot" in line for line in lines) == len(campaign._CHAPTER_OTHER_RUNS["12-full-recipe"])
 
 
 # -- chapters run in notebooks/: paths from the user's folder -------------------------------------------------
@@ -302,3 +302,25 @@ def test_the_readme_states_the_records_numbers():
     expected = [fmt_mean_std(accuracies([r for p, r in shown.items() if p.recipe == name]))
                 for name in ("full", "linear_probe")]
     assert stated == expected
+
+
+def test_appendix_a1_is_planned_from_records_at_native_sizes():
+    """A1 renders from records: its probes (100 and every training image per class) and the full recipe on each
+    backbone whose weights install offline, at its native size, and the probe whose test images are also
+    classified at other sizes; each is one train command a scheduler can run."""
+    from cifar_tl.models.backbones import lite_native_size
+
+    assert "a1-backbones" in campaign.RECORD_CHAPTERS
+    runs = campaign.chapter_runs("a1-backbones")
+    assert {(r.backbone, r.image_size) for r in runs if r.backbone != "simple_cnn"} == {
+        ("efficientnet_lite0", None), ("efficientnet_lite1", lite_native_size(1)), ("efficientnet_lite2", lite_native_size(2))}
+    assert campaign.A1_POOL_PER_CLASS == 5_000 - 50  # CIFAR-10's training images of a class, less validation
+    for backbone in campaign.A1_BACKBONES:
+        for recipe, per_class in (("linear_probe", None), ("linear_probe", campaign.A1_POOL_PER_CLASS), ("full", None)):
+            assert {r.seed for r in runs if (r.recipe, r.backbone, r.per_class) == (recipe, backbone, per_class)} == {0, 1, 2}
+    swept = [r for r in runs if r.eval_sizes]
+    assert [(r.recipe, r.backbone, r.seed) for r in swept] == [("linear_probe", "efficientnet_lite0", 0)]
+    command = campaign.train_command(swept[0], Path("results"))
+    assert command.endswith("--eval-sizes 32,64,128,224 --results results")
+    pool = next(r for r in runs if r.per_class)
+    assert f"--per-class {campaign.A1_POOL_PER_CLASS}" in campaign.train_command(pool, Path("results"))

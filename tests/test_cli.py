@@ -74,6 +74,8 @@ def test_train_json_is_exactly_the_record(tiny_folders):
         (["train", "--image-size", "0"], ["--image-size", "at least 1"]),
         (["train", "--epochs", "-3"], ["--epochs", "at least 1"]),
         (["train", "--per-class", "many"], ["--per-class", "not a whole number"]),
+        (["train", "--eval-sizes", "32,big"], ["--eval-sizes", "not a list of whole numbers"]),
+        (["train", "--eval-sizes", "8,32"], ["--eval-sizes must be input sizes of at least 16 pixels"]),
         (["train", "--data", "/nonexistent/cifar"], ["does not exist", "CIFAR_TL_DATA"]),
         (["run", "99"], ["unknown chapter '99'", "01-data"]),
         (["run", "03", "-p", "no_such_parameter", "1"], ["has no parameter 'no_such_parameter'", "backbone"]),

@@ -391,3 +391,32 @@ def test_train_small_test_large_trains_at_the_smaller_size_and_evaluates_at_the_
     assert "train_scale" not in recipe_definition(current_recipe(plain))  # unset: not part of any identity
     with pytest.raises(ValueError, match="train_scale is a fraction"):
         replace(small, train_scale=1.5)
+
+
+def test_eval_sizes_keeps_the_test_predictions_at_other_input_sizes(tiny_dataset, monkeypatch):
+    """Appendix A1's domain gap from a record: once trained, the test images are classified at each extra size
+    (the model unchanged), the predictions kept by size; the run's own size is the record's test_predictions.
+    A config without eval_sizes keeps the identity it had before the option existed."""
+    import cifar_tl.training.evaluate as evaluate_module
+
+    plain = _config(tiny_dataset)
+    assert "eval_sizes" not in plain.key()
+    swept = _config(tiny_dataset, eval_sizes=[48, 32, 16, 48])
+    assert swept.eval_sizes == (16, 32, 48) and swept.key()["eval_sizes"] == [16, 32, 48]
+    record = _run(swept)
+    by_size = record["metrics"]["test_predictions_by_size"]
+    assert set(by_size) == {"16", "48"}  # 32 is the run's own: its predictions are test_predictions
+    assert all(len(p) == record["metrics"]["test_images"] for p in by_size.values())
+    assert record["timing"]["eval_sizes_seconds"] >= 0
+    assert record["name"] != _run(plain)["name"] and "test_predictions_by_size" not in _run(plain)["metrics"]
+    # the record's predictions are the model's at that size: fed at 32 through the same route, they are the record's own
+    _, model = _run(swept, return_model=True)
+    from cifar_tl.data.sources import load_dataset as load
+
+    images = load(str(tiny_dataset), progress=False).test_images[record["metrics"]["test_indices"]]
+    at_48 = evaluate_module.compute_outputs(model, torch.as_tensor(images), 48, 64, pick_device("cpu")).argmax(1)
+    assert at_48.tolist() == by_size["48"]
+    with pytest.raises(UserError, match="--eval-sizes must be input sizes of at least 16 pixels"):
+        _config(tiny_dataset, eval_sizes=[8, 32])
+    with pytest.raises(UserError, match="--eval-sizes"):
+        _config(tiny_dataset, eval_sizes=[])

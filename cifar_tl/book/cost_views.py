@@ -179,10 +179,15 @@ def strategy(name: str) -> str:
     return "frozen ImageNet backbone, new linear head (linear_probe recipe)"
 
 
-def backbone_table(records_by_backbone: dict[str, list[dict]], costs: pd.DataFrame) -> pd.DataFrame:
+def backbone_table(records_by_backbone: dict[str, list[dict]], costs: pd.DataFrame,
+                   fine_tuned: dict[str, list[dict]] | None = None) -> pd.DataFrame:
     """The comparison as shown on a page: one row per backbone of `costs` (from `backbone_costs`), its
-    training strategy, test accuracy (or why there is none) and its costs, formatted for reading."""
-    accuracy = accuracy_column(records_by_backbone, list(costs.index))
+    training strategy, test accuracy (or why there is none) and its costs, formatted for reading. With
+    `fine_tuned` (records of one fine-tuning recipe per backbone), that recipe's test accuracy beside the
+    probe's; a from-scratch backbone has none (every one of its parameters trains already)."""
+    names = list(costs.index)
+    accuracy = accuracy_column(records_by_backbone, names)
+    tuned = accuracy_column(fine_tuned, names) if fine_tuned is not None else None
     rows = []
     for name, c in costs.iterrows():
         gpu = c["GPU images/s"]
@@ -190,6 +195,7 @@ def backbone_table(records_by_backbone: dict[str, list[dict]], costs: pd.DataFra
             "backbone": name,
             "strategy": strategy(name),
             "test accuracy": accuracy[name],
+            **({} if tuned is None else {"fine-tuned (full recipe)": "–" if name in FROM_SCRATCH else tuned[name]}),
             "trainable params": f"{int(c['trainable parameters']):,}",
             "total params": f"{int(c['total parameters']):,}",
             "size (MB)": f"{c['size (MB)']:.2f}",
@@ -258,14 +264,3 @@ def recipe_costs(records_by_label: dict[str, list[dict]]) -> pd.DataFrame:
     return table.sort_values("seconds per run")[
         ["runs", "seconds per run", "fastest–slowest run (s)", "fine-tuning epochs", "training seconds per epoch",
          "threads", "test accuracy", "machine"]]
-
-
-def predictions_by_size(model, images, sizes, device=None) -> dict[int, np.ndarray]:
-    """The model's predicted class for each uint8 image, fed at each input size in `sizes`."""
-    from cifar_tl.core.device import eval_batch_size, pick_device
-    from cifar_tl.training.evaluate import compute_outputs
-
-    device = pick_device(device)
-    images = torch.as_tensor(np.asarray(images))
-    return {size: compute_outputs(model, images, size, eval_batch_size(device), device).argmax(1).numpy()
-            for size in sizes}

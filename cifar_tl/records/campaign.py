@@ -23,7 +23,7 @@ from cifar_tl.core.device import machine
 from cifar_tl.core.errors import UserError
 from cifar_tl.core.files import write_json
 from cifar_tl.data.augment import tta_views
-from cifar_tl.records.identity import make_config, stale_reason
+from cifar_tl.records.identity import DEFAULT_VAL_PER_CLASS, make_config, stale_reason
 from cifar_tl.records.runner import run as run_one
 from cifar_tl.records.store import committed_records, machine_slug_of, reference_record
 from cifar_tl.training.profiles import get_profile
@@ -44,15 +44,22 @@ _CHAPTER_EXTRAS: dict[str, tuple[str, ...]] = {
                        "linear_probe"),
     "13-unlabelled": ("full",),  # the labels-only recipe the self-training and FixMatch recipes are paired against
     "a2-cost": ("scratch", "linear_probe", "finetune_naive"),
+    "a1-backbones": ("scratch", "linear_probe", "full"),
 }
 # Chapters the published book renders from records: those that show runs, and chapter 1, which shows the
-# data only. The others (the backbone appendix, which needs torchvision's downloaded weights and times
-# this machine) build in the smoke profile until they have records of their own.
-# Pilots a chapter shows: chapter 12's search for a better labels-only recipe (one subset each, validation only):
-# `full` itself as the reference, each candidate of recipes.SEARCH, and `full` on the larger backbones at their
-# native input sizes.
+# data only.
+# Runs a chapter shows besides its recipes on the default backbone (`_CHAPTER_OTHER_RUNS`): chapter 12's pilots
+# for a better labels-only recipe (one subset each, validation only): `full` itself as the reference, each
+# candidate of recipes.SEARCH, and `full` on the larger backbones at their native input sizes; and appendix A1's
+# backbones (below).
 SEARCH_BACKBONES = {"efficientnet_lite1": 240, "efficientnet_lite2": 260}
-_CHAPTER_PILOTS: dict[str, tuple["PlannedRun", ...]] = {}
+_CHAPTER_OTHER_RUNS: dict[str, tuple["PlannedRun", ...]] = {}
+# Appendix A1: every backbone whose ImageNet weights install offline, at its native input size, with a linear
+# probe on 100 and on every training image per class (CIFAR-10's 5,000 less the validation images) and the full
+# recipe; and one linear probe on the default backbone that also classifies its test images at other input sizes.
+A1_BACKBONES = {DEFAULT_BACKBONE: None, **SEARCH_BACKBONES}  # None: the profile's 224
+A1_POOL_PER_CLASS = 5_000 - DEFAULT_VAL_PER_CLASS
+A1_EVAL_SIZES = (32, 64, 128, 224)
 CLAIM_MAX_AGE = 24 * 3600  # a claim from another host older than this is taken to be abandoned
 
 
@@ -63,18 +70,29 @@ class PlannedRun:
     seed: int
     profile: str = BOOK_PROFILE  # or "pilot": a search candidate, judged on validation, the test split never read
     image_size: int | None = None  # None: the recipe's or the profile's
+    per_class: int | None = None  # labelled images per class; None: the book's 100
+    eval_sizes: tuple[int, ...] | None = None  # other input sizes the test images are also classified at
 
     @property
     def label(self) -> str:
         size = f"-{self.image_size}px" if self.image_size else ""
-        return f"{self.recipe}-{self.backbone}{size}-s{self.seed}" + (f"-{self.profile}" if self.profile != BOOK_PROFILE
-                                                                       else "")
+        labels = f"-{self.per_class}pc" if self.per_class else ""
+        sizes = "-at-" + ",".join(map(str, self.eval_sizes)) if self.eval_sizes else ""
+        return (f"{self.recipe}-{self.backbone}{size}{labels}{sizes}-s{self.seed}"
+                + (f"-{self.profile}" if self.profile != BOOK_PROFILE else ""))
 
 
-_CHAPTER_PILOTS["12-full-recipe"] = (
+_CHAPTER_OTHER_RUNS["12-full-recipe"] = (
     PlannedRun("full", DEFAULT_BACKBONE, 0, PILOT_PROFILE),
     *(PlannedRun(name, DEFAULT_BACKBONE, 0, PILOT_PROFILE) for name in SEARCH),
     *(PlannedRun("full", backbone, 0, PILOT_PROFILE, size) for backbone, size in SEARCH_BACKBONES.items()),
+)
+_CHAPTER_OTHER_RUNS["a1-backbones"] = (
+    *(PlannedRun(recipe, backbone, seed, image_size=size) for recipe in ("linear_probe", "full")
+      for backbone, size in SEARCH_BACKBONES.items() for seed in get_profile(BOOK_PROFILE).seeds),
+    *(PlannedRun("linear_probe", backbone, seed, image_size=size, per_class=A1_POOL_PER_CLASS)
+      for backbone, size in A1_BACKBONES.items() for seed in get_profile(BOOK_PROFILE).seeds),
+    PlannedRun("linear_probe", DEFAULT_BACKBONE, 0, eval_sizes=A1_EVAL_SIZES),
 )
 
 
@@ -85,8 +103,8 @@ def search_runs(profile: str = PILOT_PROFILE) -> list[PlannedRun]:
     its own small input size does not have."""
     scaled = get_profile(profile)
     if profile == PILOT_PROFILE:
-        return list(_CHAPTER_PILOTS["12-full-recipe"])
-    return [PlannedRun(r.recipe, r.backbone, scaled.seeds[0], profile) for r in _CHAPTER_PILOTS["12-full-recipe"]
+        return list(_CHAPTER_OTHER_RUNS["12-full-recipe"])
+    return [PlannedRun(r.recipe, r.backbone, scaled.seeds[0], profile) for r in _CHAPTER_OTHER_RUNS["12-full-recipe"]
             if r.backbone == DEFAULT_BACKBONE or scaled.meaningful]
 
 
@@ -98,7 +116,7 @@ def search_records(profile: str = PILOT_PROFILE, data: str | None = None, progre
 
 def chapter_recipes(chapter: str) -> list[str]:
     """The recipes whose full-profile records chapter `chapter` shows, in a stable order."""
-    own = [r for r in RECIPES.values() if r.chapter == chapter and r.name not in SEARCH]  # pilots: _CHAPTER_PILOTS
+    own = [r for r in RECIPES.values() if r.chapter == chapter and r.name not in SEARCH]  # pilots: _CHAPTER_OTHER_RUNS
     names = [r.builds_on for r in own if r.builds_on] + [r.name for r in own] + list(_CHAPTER_EXTRAS.get(chapter, ()))
     return list(dict.fromkeys(names))
 
@@ -116,7 +134,7 @@ def chapter_runs(chapter: str) -> list[PlannedRun]:
     seeds = get_profile(BOOK_PROFILE).seeds
     runs = [PlannedRun(name, RECIPE_BACKBONE.get(name, DEFAULT_BACKBONE), seed)
             for name in chapter_recipes(chapter) for seed in seeds]
-    return runs + list(_CHAPTER_PILOTS.get(chapter, ()))
+    return runs + list(_CHAPTER_OTHER_RUNS.get(chapter, ()))
 
 
 def book_runs() -> list[PlannedRun]:
@@ -131,8 +149,9 @@ def machine_slug() -> str:
 
 
 def _config(run: PlannedRun, data: str | None = None, precision: str = "auto", device: str | None = None):
+    extra = {"per_class": run.per_class} if run.per_class else {}
     return make_config(run.recipe, run.backbone, seed=run.seed, profile=run.profile, image_size=run.image_size,
-                       data=data, precision=precision, device=device)
+                       data=data, precision=precision, device=device, eval_sizes=run.eval_sizes, **extra)
 
 
 def whole(record: dict) -> bool:
@@ -202,7 +221,8 @@ def estimate_seconds(run: PlannedRun, done: dict[PlannedRun, dict], slug: str) -
     machine, else this machine's (or any machine's) seconds per fine-tuning epoch of the same backbone
     times the recipe's fine-tuning epochs, plus the evaluation they measured."""
     same = [r for p, r in done.items()
-            if (p.recipe, p.backbone, p.image_size, p.profile) == (run.recipe, run.backbone, run.image_size, run.profile)]
+            if (p.recipe, p.backbone, p.image_size, p.profile, p.per_class)
+            == (run.recipe, run.backbone, run.image_size, run.profile, run.per_class)]
     here = [r for r in same if machine_slug_of(r) == slug]
     for records, how in ((here, "same recipe, this machine"), (same, "same recipe, another machine")):
         if records:
@@ -215,7 +235,10 @@ def estimate_seconds(run: PlannedRun, done: dict[PlannedRun, dict], slug: str) -
         if pool:
             per_epoch = sorted(r["timing"]["train_seconds"] / fine_tune_epochs(RECIPES[p.recipe]) for p, r in pool)
             rest = sorted(r["timing"]["total_seconds"] - r["timing"]["train_seconds"] for _, r in pool)
-            seconds = fine_tune_epochs(recipe) * per_epoch[len(per_epoch) // 2] + rest[len(rest) // 2]
+            # more labelled images per class: longer epochs, and more images through the frozen backbone
+            labels = (run.per_class or 100) / 100
+            seen = (_LABELLED_IMAGES * labels + 10_500) / (_LABELLED_IMAGES + 10_500)  # with validation and test
+            seconds = fine_tune_epochs(recipe) * labels * per_epoch[len(per_epoch) // 2] + rest[len(rest) // 2] * seen
             return seconds, f"fine-tuning epochs × measured epoch, {how}"
     return None, "not measured yet"
 
@@ -254,8 +277,10 @@ def campaign_order(runs: list[PlannedRun], status: Status, slug: str) -> list[Pl
 def train_command(run: PlannedRun, results: Path) -> str:
     """One shell command that trains `run` and writes its record into `results` (for a scheduler)."""
     size = f" --image-size {run.image_size}" if run.image_size else ""
+    labels = f" --per-class {run.per_class}" if run.per_class else ""
+    sizes = " --eval-sizes " + ",".join(map(str, run.eval_sizes)) if run.eval_sizes else ""
     return (f"cifar-tl train --recipe {run.recipe} --backbone {run.backbone} --seed {run.seed} "
-            f"--profile {run.profile}{size} --results {results}")
+            f"--profile {run.profile}{size}{labels}{sizes} --results {results}")
 
 
 # -- claims: one process per run ---------------------------------------------------------------------------

@@ -100,9 +100,22 @@ class RunConfig:
     val_per_class: int
     data: str
     precision: str = "fp32"  # "bf16" or "fp32", resolved from "auto" for the device that will train
+    # Input sizes, besides the run's own, at which the test images are also classified once trained (the record
+    # keeps those predictions: appendix A1's domain gap). None: only the run's own; left out of the identity then,
+    # so records made before it existed keep theirs.
+    eval_sizes: tuple[int, ...] | None = None
+
+    def __post_init__(self):
+        if self.eval_sizes is not None:  # a record read back holds a list
+            object.__setattr__(self, "eval_sizes", tuple(self.eval_sizes))
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        fields = asdict(self)
+        if self.eval_sizes is None:
+            del fields["eval_sizes"]
+        else:
+            fields["eval_sizes"] = list(self.eval_sizes)  # as JSON writes it, so that a read-back key is equal
+        return fields
 
     def key(self) -> dict:
         """The config as it enters a record's identity: without the data's path, which differs per machine."""
@@ -125,6 +138,7 @@ def make_config(
     data: str | None = None,
     precision: str = "auto",
     device: str | None = None,
+    eval_sizes=None,
 ) -> RunConfig:
     """Check the arguments and fill what is unset from the recipe and the profile; "auto" precision
     becomes bf16 where `device` (default: the GPU if any, else the CPU) runs it natively, else fp32."""
@@ -140,6 +154,11 @@ def make_config(
                         "validation images decide every choice")
     if not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
         raise UserError(f"--seed must be a whole number from 0 to {MAX_SEED} (got {seed!r})")
+    if eval_sizes is not None:
+        if (not isinstance(eval_sizes, (list, tuple)) or not eval_sizes
+                or not all(isinstance(n, int) and n >= 16 for n in eval_sizes)):
+            raise UserError(f"--eval-sizes must be input sizes of at least 16 pixels (got {eval_sizes!r})")
+        eval_sizes = tuple(sorted(set(eval_sizes)))
     if test_limit == _PROFILE_DEFAULT:
         test_limit = chosen_profile.test_limit
     if test_limit is not None and (not isinstance(test_limit, int) or test_limit < 1):
@@ -156,6 +175,7 @@ def make_config(
         val_per_class=val_per_class,
         data=resolve_source(data),
         precision=resolve_precision(precision, pick_device(device)),
+        eval_sizes=eval_sizes,
     )
 
 

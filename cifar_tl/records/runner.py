@@ -27,7 +27,7 @@ from cifar_tl.data.subsets import balanced_subset, capped_test, indices_hash
 from cifar_tl.models.backbones import create_model
 from cifar_tl.records.identity import RunConfig, code_version, current_recipe, identity, record_name, run_recipe
 from cifar_tl.records.store import find_record
-from cifar_tl.training.evaluate import read_test_set, validation_accuracy
+from cifar_tl.training.evaluate import compute_outputs, read_test_set, validation_accuracy
 from cifar_tl.training.loop import train, weights_of
 from cifar_tl.training.profiles import get_profile
 from cifar_tl.training.recipes import Recipe
@@ -139,8 +139,22 @@ def _evaluate(config: RunConfig, recipe: Recipe, model, result, inputs: _Inputs,
             for view in ("none", views)}
     if tested is not None and tested["sklearn_probe"] is not None:
         metrics["sklearn_probe"] = tested["sklearn_probe"]
+    sizes_seconds = None
+    if tested is not None and config.eval_sizes:
+        started = time.perf_counter()
+        metrics["test_predictions_by_size"] = _predictions_by_size(model, inputs.test[0], config, device, batch,
+                                                                   progress)
+        sizes_seconds = time.perf_counter() - started
     return {"metrics": metrics, "seconds": seconds, "sklearn_seconds": (tested or {}).get("sklearn_seconds"),
-            "cross_validation_seconds": (tested or {}).get("cross_validation_seconds")}
+            "cross_validation_seconds": (tested or {}).get("cross_validation_seconds"), "sizes_seconds": sizes_seconds}
+
+
+def _predictions_by_size(model, images, config: RunConfig, device, batch: int, progress: bool) -> dict[str, list]:
+    """The trained model's class for every test image fed at each of `config.eval_sizes` other than the run's
+    own (whose predictions are the record's `test_predictions`), without test-time views: keyed by the size."""
+    return {str(size): compute_outputs(model, images, size, batch, device, progress=progress,
+                                       desc=f"test images at {size} px", precision=config.precision).argmax(1).tolist()
+            for size in config.eval_sizes if size != config.image_size}
 
 
 def _metrics(val_accuracy: float, tested: dict | None, inputs: _Inputs, config: RunConfig) -> dict:
@@ -211,6 +225,8 @@ def _record(config: RunConfig, ident: dict, checksum: str, inputs: _Inputs, mode
     if evaluated["sklearn_seconds"] is not None:
         record["timing"]["sklearn_probe_seconds"] = evaluated["sklearn_seconds"]
         record["timing"]["cross_validation_seconds"] = evaluated["cross_validation_seconds"]
+    if evaluated["sizes_seconds"] is not None:
+        record["timing"]["eval_sizes_seconds"] = evaluated["sizes_seconds"]
     return record
 
 
