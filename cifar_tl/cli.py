@@ -12,7 +12,6 @@ import os
 import signal
 import sys
 import time
-from datetime import datetime, timedelta
 from pathlib import Path
 
 from cifar_tl.core.errors import UserError
@@ -33,27 +32,22 @@ def _clock_time(text: str) -> tuple[int, int]:
     return hours, minutes
 
 
-def deadline_from(minutes: int | None, until: tuple[int, int] | None, now: float | None = None) -> float | None:
-    """Seconds since the epoch: `minutes` from now, or the next time the clock reads `until` (today or tomorrow)."""
-    now = time.time() if now is None else now
-    if minutes is not None:
-        return now + 60 * minutes
-    if until is None:
-        return None
-    today = datetime.fromtimestamp(now).replace(hour=until[0], minute=until[1], second=0, microsecond=0)
-    if today.timestamp() <= now:
-        today += timedelta(days=1)
-    return today.timestamp()
-
-
-def _positive_int(text: str) -> int:
+def _whole_number(text: str, minimum: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
     return value
+
+
+def _positive_int(text: str) -> int:
+    return _whole_number(text, 1)
+
+
+def _non_negative_int(text: str) -> int:
+    return _whole_number(text, 0)
 
 
 def _sizes(text: str) -> list[int]:
@@ -82,16 +76,6 @@ def _port(text: str) -> int:
 
 def _test_limit(text: str):
     return None if text.lower() in ("all", "none") else _positive_int(text)
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -325,8 +309,8 @@ def _results(args) -> None:
 
 
 def _campaign(args) -> None:
-    from cifar_tl.records.campaign import (book_runs, campaign_order, campaign_status, describe, machine_slug,
-                                           run_campaign, train_command)
+    from cifar_tl.records.campaign import (book_runs, campaign_order, campaign_status, deadline_from, describe,
+                                           machine_slug, run_campaign, train_command)
     from cifar_tl.records.store import results_dirs
     from cifar_tl.training.recipes import get_recipe
 

@@ -12,7 +12,6 @@ import pytest
 from cifar_tl import cli
 from cifar_tl.records import campaign
 from cifar_tl.records.campaign import PlannedRun, Status, book_chapters, campaign_order, chapter_runs, run_campaign
-import cifar_tl.records.runner as runs_module
 
 
 @pytest.fixture(autouse=True)
@@ -61,10 +60,10 @@ def test_a_deadline_keeps_the_campaign_from_starting_runs_that_cannot_finish(tin
 
 def test_deadlines_from_minutes_or_a_time_of_day():
     now = datetime(2026, 12, 1, 14, 30).timestamp()
-    assert cli.deadline_from(90, None, now) == now + 5400
-    assert cli.deadline_from(None, (16, 0), now) == datetime(2026, 12, 1, 16, 0).timestamp()
-    assert cli.deadline_from(None, (9, 15), now) == datetime(2026, 12, 2, 9, 15).timestamp()  # passed: tomorrow
-    assert cli.deadline_from(None, None, now) is None
+    assert campaign.deadline_from(90, None, now) == now + 5400
+    assert campaign.deadline_from(None, (16, 0), now) == datetime(2026, 12, 1, 16, 0).timestamp()
+    assert campaign.deadline_from(None, (9, 15), now) == datetime(2026, 12, 2, 9, 15).timestamp()  # passed: tomorrow
+    assert campaign.deadline_from(None, None, now) is None
 
 
 @pytest.mark.parametrize("arguments, message", [

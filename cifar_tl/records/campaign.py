@@ -15,6 +15,7 @@ import socket
 import sys
 import time
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import torch
@@ -339,6 +340,19 @@ def save_to_results(record: dict, results: Path, slug: str | None = None) -> Pat
     path = results / (slug or machine_slug()) / f"{record['name']}.json"
     write_json(path, record, compact=True)
     return path
+
+
+def deadline_from(minutes: int | None, until: tuple[int, int] | None, now: float | None = None) -> float | None:
+    """Seconds since the epoch: `minutes` from now, or the next time the clock reads `until` (today or tomorrow)."""
+    now = time.time() if now is None else now
+    if minutes is not None:
+        return now + 60 * minutes
+    if until is None:
+        return None
+    today = datetime.fromtimestamp(now).replace(hour=until[0], minute=until[1], second=0, microsecond=0)
+    if today.timestamp() <= now:
+        today += timedelta(days=1)
+    return today.timestamp()
 
 
 def _fits(run: PlannedRun, status: Status, slug: str, deadline: float | None) -> bool:
