@@ -262,3 +262,26 @@ def test_chapter_13_executes_in_the_smoke_profile(built_book):
                      for o in outputs)
     assert "not meaningful" in text and "unlabelled" in text
     assert sum("image/png" in o.get("data", {}) for o in outputs) >= 4  # its figures were drawn
+
+
+def test_a_student_from_the_teacher_is_measured_from_the_imagenet_weights(tiny_dataset, monkeypatch):
+    """`init="teacher"`: the student starts as a copy of the teacher, yet its distance from the pretrained
+    weights is measured from a fresh model's, not from the teacher it was copied from."""
+    import cifar_tl.training.self_training as self_training_module
+    from cifar_tl.training.loop import weights_of
+
+    measured_from = []
+    real_train = self_training_module.train
+
+    def spy(student, *args):
+        start, own = args[-1], weights_of(student)
+        measured_from.append(start is not None and any(
+            not torch.equal(a, b) for name in own for a, b in zip(start[name], own[name])))
+        return real_train(student, *args)
+
+    monkeypatch.setattr(self_training_module, "train", spy)
+    run(_config(tiny_dataset, _register(monkeypatch, init="teacher")), progress=False)
+    assert measured_from == [True, True]  # both rounds: from the fresh weights, which differ from the teacher's
+    measured_from.clear()
+    run(_config(tiny_dataset, _register(monkeypatch, name="st_fresh")), progress=False)
+    assert measured_from == [False, False]  # a fresh student is measured from its own (pretrained) weights

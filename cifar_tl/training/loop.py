@@ -204,8 +204,11 @@ def train(
     progress: bool = True,
     precision: str = "fp32",
     state: StateFile | None = None,
+    start_weights: dict[str, list[torch.Tensor]] | None = None,
 ) -> TrainResult:
     """Train `model` through `stages`; x_* are uint8 (N, H, W, 3) tensors, y_* int64 labels.
+    `start_weights` (`weights_of`) is where each group's distance is measured from: the model's own weights
+    when not given, which are the pretrained ones unless the model was trained before.
 
     `precision` is "bf16" (autocast: matrix products and convolutions in bf16, weights, optimizer and
     loss in fp32) or "fp32"; see `resolve_precision`. With `state`, everything the next epoch depends on
@@ -215,7 +218,7 @@ def train(
     n_classes = model.head.out_features
     result = TrainResult()
     generator, rng, start_weights, ema, loss_fn, saved, finished = loop_setup(model, recipe, stages, seed, device,
-                                                                               state, result)
+                                                                               state, result, start_weights)
     if finished:  # this training had finished: its final model and result
         return result
     x_train, y_train = x_train.to(device), y_train.to(device)

@@ -27,7 +27,7 @@ from cifar_tl.core.metrics import classification_metrics
 from cifar_tl.core.resume import StateFile
 from cifar_tl.models.backbones import Classifier
 from cifar_tl.training.evaluate import compute_outputs
-from cifar_tl.training.loop import TrainResult, train
+from cifar_tl.training.loop import TrainResult, train, weights_of
 from cifar_tl.training.recipes import Recipe, SelfTraining
 
 POOL_DESCRIPTION = "training-split images outside the labelled subset and the validation split"
@@ -126,9 +126,11 @@ def self_train(teacher: Classifier, new_student: Callable[[int], Classifier], re
         x_student = torch.cat([x_train] * settings.labelled_repeats + [pool_images[torch.from_numpy(kept)]])
         y_student = torch.cat([y_train] * settings.labelled_repeats + [torch.from_numpy(pseudo)])
         student = copy.deepcopy(teacher) if settings.init == "teacher" else new_student(number)
+        # a student that starts from the teacher is still measured from the ImageNet weights, as every run is
+        pretrained = weights_of(new_student(number)) if settings.init == "teacher" else None
         result = train(student, training, settings.stages, x_student, y_student, x_val, y_val, image_size, device,
                        seed + number, progress, precision,
-                       state.child(f"round{number}") if state is not None else None)
+                       state.child(f"round{number}") if state is not None else None, pretrained)
         rounds.append(Round(number, probabilities, kept, pseudo,
                             _val_accuracy(student, x_val, y_val, image_size, device, recipe.tta, precision),
                             len(x_student), predict_seconds, result))
