@@ -27,7 +27,7 @@ def installed_package(tmp_path_factory) -> Path:
     # record, a removed module) and would put them in the wheel.
     source = tmp_path_factory.mktemp("source") / "cifar-tl"
     shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
-        ".git", ".venv", "_build", "build", "*.egg-info", "__pycache__", ".claims", "tests"))
+        ".git", ".venv", "_build", "build", "*.egg-info", "__pycache__", ".claims", "tests", ".gpu", "gpu-out"))
 
 
     def pip(*arguments):

@@ -190,6 +190,7 @@ def campaign_status(data: str | None = None) -> Status:
 # on the 2-core AVX2 CPU; 182.8 against 36.2 on the AVX-512 one).
 _LABELLED_IMAGES = 1_000
 _POOL_IMAGES = 48_500
+_EVALUATED_IMAGES = 10 * DEFAULT_VAL_PER_CLASS + 10_000  # the validation split and every test image
 _EVAL_COST = 0.2
 
 
@@ -238,7 +239,7 @@ def estimate_seconds(run: PlannedRun, done: dict[PlannedRun, dict], slug: str) -
             rest = sorted(r["timing"]["total_seconds"] - r["timing"]["train_seconds"] for _, r in pool)
             # more labelled images per class: longer epochs, and more images through the frozen backbone
             labels = (run.per_class or 100) / 100
-            seen = (_LABELLED_IMAGES * labels + 10_500) / (_LABELLED_IMAGES + 10_500)  # with validation and test
+            seen = (_LABELLED_IMAGES * labels + _EVALUATED_IMAGES) / (_LABELLED_IMAGES + _EVALUATED_IMAGES)
             seconds = fine_tune_epochs(recipe) * labels * per_epoch[len(per_epoch) // 2] + rest[len(rest) // 2] * seen
             return seconds, f"fine-tuning epochs × measured epoch, {how}"
     return None, "not measured yet"
