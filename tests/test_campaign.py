@@ -14,14 +14,14 @@ import pytest
 import torch
 
 from cifar_tl.book.build import ROOT, chapters, kernel_environment
-from cifar_tl.book.chapter import record_for
+from cifar_tl.book.chapter import record_for, recorded_in_both_precisions
 from cifar_tl.core.device import cpu_has_native_bf16, resolve_precision
 from cifar_tl.core.errors import UserError
 from cifar_tl.records import campaign
 from cifar_tl.records.campaign import PlannedRun, book_runs, claim, run_campaign, save_to_results
 from cifar_tl.records.identity import make_config, stale_reason
 from cifar_tl.records.runner import run
-from cifar_tl.records.store import committed_records
+from cifar_tl.records.store import committed_records, reference_record
 from cifar_tl.training.recipes import RECIPES, SEARCH
 import cifar_tl.records.identity as identity_module
 import cifar_tl.records.runner as runs_module
@@ -76,6 +76,21 @@ def test_bf16_and_fp32_smoke_runs_both_complete_and_say_which_ran(tiny_dataset):
         assert record["identity"]["config"]["precision"] == precision
         assert 0 <= record["metrics"]["test_accuracy"] <= 1
     assert records["bf16"]["name"] != records["fp32"]["name"]  # two records, compared honestly
+
+
+def test_a_run_in_both_precisions_is_shown_from_its_fp32_record(tiny_dataset, tmp_path, monkeypatch):
+    records = {p: run(_config(tiny_dataset, precision=p), progress=False) for p in ("fp32", "bf16")}
+    records["bf16"]["created"] = "2999-01-01T00:00:00+00:00"  # the newer one
+    for record in records.values():
+        results = _committed(tmp_path, record)
+    monkeypatch.setenv("CIFAR_TL_RESULTS", str(results))
+    assert reference_record(_config(tiny_dataset, precision="bf16"))["name"] == records["fp32"]["name"]
+    paired = recorded_in_both_precisions("linear_probe", "simple_cnn", "smoke", [0, 1], data=str(tiny_dataset),
+                                         per_class=5, val_per_class=5, image_size=32, epochs=1)
+    assert {p: [r["name"] for r in found] for p, found in paired.items()} == \
+        {p: [records[p]["name"]] for p in ("fp32", "bf16")}  # subset 1 has neither, so it is left out
+    (results / "some-machine" / f"{records['fp32']['name']}.json").unlink()
+    assert reference_record(_config(tiny_dataset, precision="fp32"))["name"] == records["bf16"]["name"]
 
 
 # -- identity: the weights a run loads --------------------------------------------------------------------------

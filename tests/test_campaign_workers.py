@@ -88,3 +88,61 @@ def test_a_worker_killed_mid_run_is_taken_over_and_its_run_resumes(tiny_dataset,
     assert all(len(r["history"]) == 4 and r["metrics"]["test_images"] == 30 for r in records.values())
     assert not list(results.rglob("*.claim")) and not list(tmp_path.rglob(".tmp-*"))
     assert not list(cache.glob("runs/*.state"))
+
+
+# One run of the tiny dataset through `runner.run`; each saved training state is followed by argv[2] seconds
+# of sleep, and every start of training is announced.
+SAME_RUN = """
+import sys, time
+from cifar_tl.core import resume
+from cifar_tl.records import runner
+from cifar_tl.records.identity import make_config
+
+pause = float(sys.argv[2])
+save = resume.StateFile.save
+
+def save_then_pause(self, state):
+    save(self, state)
+    time.sleep(pause)
+
+resume.StateFile.save = save_then_pause
+train = runner._train
+
+def announced(*args, **kwargs):
+    print("TRAINING", flush=True)
+    return train(*args, **kwargs)
+
+runner._train = announced
+config = make_config("finetune_naive", "simple_cnn", data=sys.argv[1], per_class=5, val_per_class=5, seed=0,
+                     profile="smoke", image_size=32, epochs=4, precision="fp32", device="cpu")
+print("CREATED", runner.run(config, progress=False, device="cpu")["created"], flush=True)
+"""
+
+
+def test_two_processes_asking_for_one_run_train_it_once(tiny_dataset, tmp_path):
+    """As when two chapters built side by side need the same record: the second waits for the first, then
+    reads its record; neither trips over the other's training state."""
+    cache = tmp_path / "cache"
+    env = {**os.environ, "CIFAR_TL_CACHE": str(cache)}
+
+    def process(pause: float) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-c", SAME_RUN, str(tiny_dataset), str(pause)], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    first = process(pause=3.0)  # long enough for the second to start while the first trains
+    try:
+        _wait_for(lambda: list(cache.glob("runs/*.state/train.pt")), 300, "the first process's first epoch")
+        second = process(pause=0.0)
+        second_out, second_err = second.communicate(timeout=300)
+        first_out, first_err = first.communicate(timeout=300)
+    finally:
+        for p in (first, locals().get("second")):
+            if p is not None and p.poll() is None:
+                p.kill()
+    assert first.returncode == 0, first_err
+    assert second.returncode == 0, second_err
+    assert first_out.split()[0] == "TRAINING" and "TRAINING" not in second_out
+    assert "another process is training" in second_err
+    created = [line for line in first_out.splitlines() if line.startswith("CREATED")]
+    assert created and created == [line for line in second_out.splitlines() if line.startswith("CREATED")]
+    assert len(list(cache.glob("runs/*.json"))) == 1 and not list(cache.glob("runs/*.state"))

@@ -3,12 +3,14 @@ accuracy claimed for a backbone whose weights are absent."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
 
-from cifar_tl.book.cost_views import NO_WEIGHTS_TEXT, accuracy_column, backbone_costs, cost_table, weights_available
+from cifar_tl.book.cost_views import (NO_WEIGHTS_TEXT, accuracy_column, backbone_costs, bench_table, cost_table,
+                                      precision_difference, precision_table, weights_available)
 
 
 def test_backbone_costs_counts_and_latency():
@@ -87,3 +89,44 @@ def test_cost_table():
     assert table.loc["probe", "test accuracy"].startswith("65.0 ± 7.1%")
     assert table.loc["probe", "evaluation images/s"] is None
     assert "Test CPU" in table.loc["probe", "machine"]
+
+
+def _in_precision(precision: str, seed: int, accuracy: float, predictions: list[int]) -> dict:
+    record = _record("full", "efficientnet_lite0", seed, 100.0, accuracy)
+    record["config"]["precision"] = record["timing"]["precision"] = precision
+    record["metrics"]["test_predictions"] = predictions
+    return record
+
+
+def test_the_precision_comparison_pairs_subsets_and_counts_agreeing_predictions():
+    both = {"fp32": [_in_precision("fp32", s, 0.80 + 0.01 * s, [0, 1, 2, 3]) for s in (0, 1, 2)],
+            "bf16": [_in_precision("bf16", s, a, p) for s, a, p in
+                     [(0, 0.805, [0, 1, 2, 0]), (1, 0.813, [0, 1, 2, 3]), (2, 0.822, [1, 1, 2, 3])]]}
+    table = precision_table(both)
+    assert list(table.index) == [0, 1, 2]
+    assert list(table["bf16 − fp32 (points)"].round(6)) == [0.5, 0.3, 0.2]
+    assert list(table["same prediction (%)"]) == [75.0, 100.0, 75.0]
+    assert "fp32" in table.loc[0, "fp32 machine"] and "bf16" in table.loc[0, "bf16 machine"]
+    difference = precision_difference(both)
+    assert difference["n"] == 3 and difference["mean"] == pytest.approx(1 / 3)
+    low, high = difference["interval"]
+    assert low < difference["mean"] < high
+    assert difference["outcome"] == "better"  # every subset agrees and the mean clears two standard errors
+    none = {"fp32": [], "bf16": []}
+    assert precision_table(none).empty and "bf16 − fp32 (points)" in precision_table(none).columns
+    assert precision_difference(none) == {"n": 0, "mean": None, "se": None, "interval": None, "outcome": None}
+
+
+def test_bench_table_reads_committed_benches_of_one_backbone_and_size(tmp_path, monkeypatch):
+    bench = {"backbone": "efficientnet_lite0", "image_size": 224, "precision": "bf16", "compile": False, "steps": 8,
+             "train_images_per_second": 9.0, "eval_images_per_second": 80.0, "machine": {"cpu": "Test CPU"}}
+    folder = tmp_path / "results" / "some-machine" / "bench"
+    folder.mkdir(parents=True)
+    (folder / "a.json").write_text(json.dumps(bench))
+    (folder / "b.json").write_text(json.dumps({**bench, "image_size": 32}))
+    (folder / "c.json").write_text(json.dumps({**bench, "compile": True}))
+    (folder / "d.json").write_text("not json")
+    monkeypatch.setenv("CIFAR_TL_RESULTS", str(tmp_path / "results"))
+    table = bench_table("efficientnet_lite0", 224)
+    assert table.to_dict("records") == [{"machine": "Test CPU", "precision": "bf16", "training images/s": 9.0,
+                                         "evaluation images/s": 80.0, "steps": 8}]

@@ -21,7 +21,8 @@ from cifar_tl.data.subsets import MAX_SEED
 from cifar_tl.models.backbones import check_backbone
 from cifar_tl.records.identity import RunConfig, make_config
 from cifar_tl.records.runner import run
-from cifar_tl.records.store import cached_records, committed_records, reference_record, results_dirs
+from cifar_tl.records.store import (cached_records, committed_records, records_by_precision, reference_record,
+                                   results_dirs)
 from cifar_tl.training.profiles import PROFILES, Profile, get_profile
 
 
@@ -240,3 +241,16 @@ def recorded_seeds(recipe: str, backbone: str, profile: str, seeds=None, **confi
     records = [r for c in configs if (r := reference_record(c, known)) is not None]
     _SHOWN.update((r["name"], r) for r in records)
     return records
+
+
+def recorded_in_both_precisions(recipe: str, backbone: str, profile: str, seeds=None,
+                                **config) -> dict[str, list[dict]]:
+    """{"fp32": records, "bf16": records} of `recipe`, for the subsets (of the profile's seeds, or `seeds`) that
+    have a record in each precision, in the same order; read as `recorded_seeds` reads, with nothing trained."""
+    seeds = get_profile(profile).seeds if seeds is None else seeds
+    known = committed_records() + ([] if render_only() else cached_records())
+    pairs = [records_by_precision(make_config(recipe, backbone, seed=s, profile=profile, **config), known)
+             for s in seeds]
+    both = [found for found in pairs if {"fp32", "bf16"} <= found.keys()]
+    _SHOWN.update((r["name"], r) for found in both for r in found.values())
+    return {precision: [found[precision] for found in both] for precision in ("fp32", "bf16")}

@@ -18,12 +18,13 @@ from tqdm.auto import tqdm
 
 from cifar_tl.core.device import autocast, place_model
 from cifar_tl.core.errors import UserError
-from cifar_tl.core.stats import accuracies, fmt_mean_std
+from cifar_tl.book.ladder import outcome_of, paired_uncertainty
+from cifar_tl.core.stats import accuracies, fmt_mean_std, paired_deltas
 from cifar_tl.models.backbones import (BACKBONES, FROM_SCRATCH, check_backbone, create_model, torchvision_checkpoint,
                                        weights_identity)
 from cifar_tl.records.campaign import fine_tune_epochs
 from cifar_tl.records.identity import RunConfig, run_recipe
-from cifar_tl.records.store import machine_name
+from cifar_tl.records.store import machine_name, read_record, results_dirs
 
 NO_WEIGHTS_TEXT = "weights not available here"
 NOT_RUN_TEXT = "not run"
@@ -264,3 +265,52 @@ def recipe_costs(records_by_label: dict[str, list[dict]]) -> pd.DataFrame:
     return table.sort_values("seconds per run")[
         ["runs", "seconds per run", "fastest–slowest run (s)", "fine-tuning epochs", "training seconds per epoch",
          "threads", "test accuracy", "machine"]]
+
+
+def precision_table(by_precision: dict[str, list[dict]]) -> pd.DataFrame:
+    """One row per subset trained in both precisions (`chapter.recorded_in_both_precisions`): each one's test
+    accuracy, the paired difference, the share of test images both predict alike, and what each run cost."""
+    deltas = paired_deltas(by_precision["fp32"], by_precision["bf16"])
+    rows = []
+    for fp32, bf16 in zip(by_precision["fp32"], by_precision["bf16"]):
+        same = np.mean(np.asarray(fp32["metrics"]["test_predictions"]) == np.asarray(bf16["metrics"]["test_predictions"]))
+        rows.append({
+            "subset": fp32["config"]["seed"],
+            "fp32 test accuracy (%)": 100 * fp32["metrics"]["test_accuracy"],
+            "bf16 test accuracy (%)": 100 * bf16["metrics"]["test_accuracy"],
+            "bf16 − fp32 (points)": 100 * deltas[fp32["config"]["seed"]],
+            "same prediction (%)": 100 * float(same),
+            "fp32 seconds": fp32["timing"]["total_seconds"],
+            "bf16 seconds": bf16["timing"]["total_seconds"],
+            "fp32 machine": machine_name(fp32),
+            "bf16 machine": machine_name(bf16),
+        })
+    columns = ["subset", "fp32 test accuracy (%)", "bf16 test accuracy (%)", "bf16 − fp32 (points)", "same prediction (%)",
+               "fp32 seconds", "bf16 seconds", "fp32 machine", "bf16 machine"]
+    return pd.DataFrame(rows, columns=columns).set_index("subset")
+
+
+def precision_difference(by_precision: dict[str, list[dict]]) -> dict:
+    """The paired test-accuracy difference bf16 − fp32 over the subsets: mean, standard error and 95% interval
+    (None with one subset), in points."""
+    deltas = [100 * d for d in paired_deltas(by_precision["fp32"], by_precision["bf16"]).values()]
+    if not deltas:
+        return {"n": 0, "mean": None, "se": None, "interval": None, "outcome": None}
+    mean, se, interval = paired_uncertainty(deltas)
+    return {"n": len(deltas), "mean": mean, "se": se, "interval": interval, "outcome": outcome_of(deltas, se)}
+
+
+def bench_table(backbone: str, image_size: int) -> pd.DataFrame:
+    """Every committed `cifar-tl bench` of `backbone` at `image_size` (`results/<machine>/bench/`): one row per
+    machine and precision, with training and evaluation throughput. Few steps each, so read them to a few tens
+    of percent."""
+    rows = []
+    for folder in results_dirs():
+        for path in sorted(folder.glob("*/bench/*.json")):
+            bench = read_record(path) or {}
+            if bench.get("backbone") != backbone or bench.get("image_size") != image_size or bench.get("compile"):
+                continue
+            rows.append({"machine": machine_name(bench), "precision": bench["precision"],
+                         "training images/s": bench["train_images_per_second"],
+                         "evaluation images/s": bench["eval_images_per_second"], "steps": bench["steps"]})
+    return pd.DataFrame(rows, columns=["machine", "precision", "training images/s", "evaluation images/s", "steps"])

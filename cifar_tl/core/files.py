@@ -8,10 +8,16 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
 from cifar_tl.core.errors import DiskFullError, UserError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; `exclusive_lock` then locks nothing
+    fcntl = None
 
 # errno values that mean "the disk (or the user's quota) is full".
 DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)})
@@ -120,6 +126,33 @@ def full_disk_named(path: str | os.PathLike, needed: int | None = None):
         if is_disk_full(exc):
             raise DiskFullError(path, needed, free_bytes(path)) from exc
         raise
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | os.PathLike, waiting: str | None = None):
+    """Hold an exclusive lock on the file `path` (created empty if need be) for the block; while another
+    process holds it, print `waiting` once and wait. The operating system drops a lock when its process ends,
+    killed or not, so a dead holder never blocks anyone. Where no lock can be had (Windows, a folder that
+    cannot be written, a file system without locks) the block runs unlocked, and writing fails later with
+    its own clear message."""
+    try:
+        handle = open(path, "a") if fcntl is not None else None
+    except OSError:
+        handle = None
+    if handle is None:
+        yield
+        return
+    with handle:
+        try:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if waiting:
+                    print(waiting, file=sys.stderr, flush=True)
+                fcntl.flock(handle, fcntl.LOCK_EX)
+        except OSError:  # no locks on this file system
+            pass
+        yield  # closing the file releases the lock
 
 
 def write_json(path: str | os.PathLike, obj, compact: bool = False) -> None:

@@ -20,7 +20,7 @@ import torch
 
 from cifar_tl.core.device import eval_batch_size, machine, pick_device
 from cifar_tl.core.errors import UserError
-from cifar_tl.core.files import cache_dir, save_torch, write_json
+from cifar_tl.core.files import cache_dir, exclusive_lock, save_torch, write_json
 from cifar_tl.core.resume import StateFile
 from cifar_tl.data.sources import ImageDataset, load_dataset, portable_source, source_checksum
 from cifar_tl.data.subsets import balanced_subset, capped_test, indices_hash
@@ -244,19 +244,41 @@ def run(config: RunConfig, force: bool = False, progress: bool = True, device: s
     ident = identity(config, checksum, model.weights["sha256"])
     path = cache_dir("runs") / f"{record_name(ident)}.json"
     weights = path.with_suffix(".pt")
+    reused = None if force else _reusable(config, ident, path, weights, return_model)
+    if reused is not None:
+        return reused
+    # One process trains a run at a time (two chapters built side by side may both need it): another waits for
+    # the lock, then reads the record the first one wrote instead of training it again.
+    asked = time.perf_counter()
+    with exclusive_lock(path.with_suffix(".lock"), f"cifar-tl: another process is training {path.stem}; waiting"):
+        started += time.perf_counter() - asked  # a run's timing leaves out the wait
+        reused = None if force else _reusable(config, ident, path, weights, return_model, quiet=True)
+        if reused is not None:
+            return reused
+        return _train_and_record(config, ident, checksum, dataset, model, path, weights, force, device,
+                                 progress, return_model, started)
+
+
+def _reusable(config: RunConfig, ident: dict, path: Path, weights: Path, return_model: bool, quiet: bool = False):
+    """What `run` returns when the record is already there (and, with `return_model`, its saved model), else None."""
     existing = find_record(record_name(ident), ident)
+    if existing is None:
+        if path.exists() and not quiet:
+            print(f"cifar-tl: record {path.name} is unreadable or not of this run; running again", file=sys.stderr)
+        return None
+    if not return_model:
+        return existing
+    cached = _cached_model(config, weights, len(existing["data"]["classes"]))
+    return None if cached is None else (existing, cached)
+
+
+def _train_and_record(config: RunConfig, ident: dict, checksum: str, dataset: ImageDataset, model, path: Path,
+                      weights: Path, force: bool, device: str | None, progress: bool, return_model: bool,
+                      started: float):
     state = StateFile(path.with_suffix(".state"))  # training state of an interrupted run: it resumes from there
     if force:
         state.clear()
-    if existing is not None and not force:
-        if not return_model:
-            return existing
-        cached = _cached_model(config, weights, len(existing["data"]["classes"]))
-        if cached is not None:
-            return existing, cached
-    elif existing is None and path.exists():
-        print(f"cifar-tl: record {path.name} is unreadable or not of this run; running again", file=sys.stderr)
-
+    existing = find_record(record_name(ident), ident)
     recipe = run_recipe(config)
     inputs = _inputs(config, recipe, dataset)
     chosen_device = pick_device(device)

@@ -105,13 +105,9 @@ def find_record(name: str, ident: dict) -> dict | None:
     return None
 
 
-def reference_record(config: RunConfig, records: list[tuple[Path, dict]] | None = None) -> dict | None:
-    """The committed record that stands for `config` when the book is rendered without training.
-
-    Matches the config in every field but the data's path and the precision (bf16 and fp32 records
-    both count; the page says which), needs a recipe that is not stale, and the same data checksum when
-    `config.data` is at hand. Among several, the most recent.
-    """
+def _standing_for(config: RunConfig, records: list[tuple[Path, dict]] | None) -> list[dict]:
+    """The records that match `config` in every field but the data's path and the precision, with a recipe
+    that is not stale and the same data checksum when `config.data` is at hand."""
     wanted = {k: v for k, v in config.key().items() if k != "precision"}
     checksum = _checksum_if_at_hand(config.data)
     matches = []
@@ -122,7 +118,26 @@ def reference_record(config: RunConfig, records: list[tuple[Path, dict]] | None 
         if checksum is not None and record["identity"]["data"] != checksum:
             continue
         matches.append(record)
-    return max(matches, key=lambda r: r.get("created", ""), default=None)
+    return matches
+
+
+def reference_record(config: RunConfig, records: list[tuple[Path, dict]] | None = None) -> dict | None:
+    """The committed record that stands for `config` when the book is rendered without training.
+
+    Any record of the same run counts, whatever its precision (the page says which; see `_standing_for`).
+    Among several, an fp32 one (on a CPU it repeats bit for bit, and most of the book's records are fp32: a
+    bf16 record of the same run is kept to measure what the precision changes), then the most recent.
+    """
+    return max(_standing_for(config, records), key=lambda r: (r["config"]["precision"] == "fp32", r.get("created", "")),
+               default=None)
+
+
+def records_by_precision(config: RunConfig, records: list[tuple[Path, dict]] | None = None) -> dict[str, dict]:
+    """The most recent record of `config`'s run in each precision it has been made in: {"fp32": ..., "bf16": ...}."""
+    found = {}
+    for record in sorted(_standing_for(config, records), key=lambda r: r.get("created", "")):
+        found[record["config"]["precision"]] = record
+    return found
 
 
 @functools.lru_cache(maxsize=8)
