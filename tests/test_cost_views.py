@@ -98,10 +98,14 @@ def _in_precision(precision: str, seed: int, accuracy: float, predictions: list[
     return record
 
 
-def test_the_precision_comparison_pairs_subsets_and_counts_agreeing_predictions():
-    both = {"fp32": [_in_precision("fp32", s, 0.80 + 0.01 * s, [0, 1, 2, 3]) for s in (0, 1, 2)],
+def _both_precisions() -> dict[str, list[dict]]:
+    return {"fp32": [_in_precision("fp32", s, 0.80 + 0.01 * s, [0, 1, 2, 3]) for s in (0, 1, 2)],
             "bf16": [_in_precision("bf16", s, a, p) for s, a, p in
                      [(0, 0.805, [0, 1, 2, 0]), (1, 0.813, [0, 1, 2, 3]), (2, 0.822, [1, 1, 2, 3])]]}
+
+
+def test_the_precision_comparison_pairs_subsets_and_counts_agreeing_predictions():
+    both = _both_precisions()
     table = precision_table(both)
     assert list(table.index) == [0, 1, 2]
     assert list(table["bf16 − fp32 (points)"].round(6)) == [0.5, 0.3, 0.2]
@@ -130,3 +134,18 @@ def test_bench_table_reads_committed_benches_of_one_backbone_and_size(tmp_path, 
     table = bench_table("efficientnet_lite0", 224)
     assert table.to_dict("records") == [{"machine": "Test CPU", "precision": "bf16", "training images/s": 9.0,
                                          "evaluation images/s": 80.0, "steps": 8}]
+
+
+def test_python_m_cifar_tl_book_prints_the_precision_table(monkeypatch, capsys):
+    from cifar_tl.book import chapter
+    from cifar_tl.book.__main__ import main
+
+    monkeypatch.setattr(chapter, "recorded_in_both_precisions", lambda *a, **k: _both_precisions())
+    assert main(["precision-table"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("| subset | fp32 test (%) | bf16 test (%) |")
+    assert lines[2].startswith("| 0 | 80.00 | 80.50 | +0.50 | 75.0 |")
+    assert lines[-1].startswith("bf16 − fp32: +0.33 points over 3 subset(s), 95% interval ")
+    monkeypatch.setattr(chapter, "recorded_in_both_precisions", lambda *a, **k: {"fp32": [], "bf16": []})
+    assert main(["precision-table"]) == 0
+    assert capsys.readouterr().out.startswith("no subset of `full`")

@@ -66,6 +66,22 @@ def test_decision_words_side_steps_and_a_single_subset():
     assert "`" not in one["verdict"]  # plain text
 
 
+def test_a_decision_over_records_of_two_precisions_says_so():
+    from cifar_tl.book import pages
+
+    base, new = _three("a", (0.50, 0.60, 0.70)), _three("b", (0.53, 0.62, 0.71))
+    for r in base + new:
+        r["config"]["precision"] = "fp32"
+    same = ladder.decision(base, new)
+    assert same["precisions"] == ["fp32"] and "mix" not in same["verdict"] and "mix" not in pages.decision_text(same)
+    new[1]["config"]["precision"] = "bf16"
+    mixed = ladder.decision(base, new)
+    assert mixed["precisions"] == ["bf16", "fp32"]
+    assert ladder.MIXED_PRECISIONS in mixed["verdict"] and ladder.MIXED_PRECISIONS in pages.decision_text(mixed)
+    new[1]["config"]["seed"] = 5  # a bf16 record the pairing leaves out changes nothing
+    assert ladder.decision(base, new)["precisions"] == ["fp32"]
+
+
 def test_decision_needs_a_shared_subset():
     with pytest.raises(ValueError, match="share no subset"):
         ladder.decision([record("a", 0, 0.5, 0.5)], [record("b", 1, 0.5, 0.5)])

@@ -1,4 +1,4 @@
-"""`python -m cifar_tl.book sync-url | readme-table`: the course's two maintenance commands (`book.course`)."""
+"""`python -m cifar_tl.book sync-url | readme-table | precision-table`: the course's maintenance commands."""
 
 from __future__ import annotations
 
@@ -18,9 +18,15 @@ def main(argv: list[str] | None = None) -> int:
     if args == ["readme-table"]:
         print(readme_table())
         return 0
+    if args == ["precision-table"]:
+        from cifar_tl.book.cost_views import precision_markdown
+
+        print(precision_markdown())
+        return 0
     print("usage: python -m cifar_tl.book sync-url       rewrite install lines and Colab links to _config.yml's "
           "repository.url\n"
-          "       python -m cifar_tl.book readme-table   print the README's table of measured rungs from the records",
+          "       python -m cifar_tl.book readme-table   print the README's table of measured rungs from the records\n"
+          "       python -m cifar_tl.book precision-table   print full's records in bf16 against fp32, paired by subset",
           file=sys.stderr)
     return 2
 

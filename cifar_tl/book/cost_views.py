@@ -314,3 +314,23 @@ def bench_table(backbone: str, image_size: int) -> pd.DataFrame:
                          "training images/s": bench["train_images_per_second"],
                          "evaluation images/s": bench["eval_images_per_second"], "steps": bench["steps"]})
     return pd.DataFrame(rows, columns=["machine", "precision", "training images/s", "evaluation images/s", "steps"])
+
+
+def precision_markdown(recipe: str = "full", backbone: str = "efficientnet_lite0") -> str:
+    """The committed records of `recipe` made in both precisions, as a Markdown table with the paired difference
+    under it (`python -m cifar_tl.book precision-table` prints it for results/README.md)."""
+    from cifar_tl.book.chapter import recorded_in_both_precisions
+
+    both = recorded_in_both_precisions(recipe, backbone, "full")
+    table, difference = precision_table(both), precision_difference(both)
+    if not difference["n"]:
+        return f"no subset of `{recipe}` ({backbone}) has committed records in both precisions"
+    rows = [f"| {seed} | {row['fp32 test accuracy (%)']:.2f} | {row['bf16 test accuracy (%)']:.2f} | "
+            f"{row['bf16 − fp32 (points)']:+.2f} | {row['same prediction (%)']:.1f} | {row['fp32 machine']} | "
+            f"{row['bf16 machine']} |" for seed, row in table.iterrows()]
+    interval = difference["interval"]
+    summary = (f"bf16 − fp32: {difference['mean']:+.2f} points over {difference['n']} subset(s)"
+               + (f", 95% interval {interval[0]:+.2f} to {interval[1]:+.2f}" if interval else "")
+               + f"; {difference['outcome']} by the ladder's rule")
+    return "\n".join([f"| subset | fp32 test (%) | bf16 test (%) | bf16 − fp32 (points) | same prediction (%) | "
+                      "fp32 machine | bf16 machine |", "|---|---|---|---|---|---|---|", *rows, "", summary])

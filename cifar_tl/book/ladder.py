@@ -30,6 +30,10 @@ RULE = ("a step counts as better (or worse) only when validation accuracy moves 
         "uncertain it is")
 
 
+# Said beside a comparison whose paired records were made in more than one precision.
+MIXED_PRECISIONS = "the records paired mix bf16 and fp32 (appendix A2 measures what the precision changes)"
+
+
 def paired_uncertainty(deltas: list[float]) -> tuple[float, float | None, tuple[float, float] | None]:
     """The mean of paired differences, its standard error and a 95% t-interval (None with one subset)."""
     from scipy.stats import t
@@ -80,6 +84,10 @@ def decision(base_records: list[dict], new_records: list[dict], in_ladder: bool 
     evidence = (f"validation accuracy {moved}{by} on average over {n} subset{'s' if n != 1 else ''}, rising in "
                 f"{rose} of them ({', '.join(fmt_points(d) for d in values)} points"
                 + (f"; 95% interval of the mean {interval_points} points" if interval else "") + ")")
+    precisions = sorted({r["config"]["precision"] for r in [*base_records, *new_records]
+                         if r["config"]["seed"] in deltas and r["config"].get("precision")})
+    if len(precisions) > 1:
+        evidence += f"; {MIXED_PRECISIONS}"
     if in_ladder:
         verdict = {"better": f"better, kept: {evidence}",
                    "worse": f"worse, kept all the same: {evidence}; the ladder in the code takes the step anyway "
@@ -108,6 +116,7 @@ def decision(base_records: list[dict], new_records: list[dict], in_ladder: bool 
         "in_ladder": in_ladder,
         "rule": RULE,
         "verdict": verdict,
+        "precisions": precisions,
     }
 
 

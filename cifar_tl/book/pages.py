@@ -93,7 +93,12 @@ def decision_evidence(decided: dict) -> str:
     text = f"mean paired validation difference {decided['mean_delta_points']} points over {n} subset{'s' * (n != 1)}"
     if decided.get("interval_points"):
         text += f" (95% interval {decided['interval_points']})"
-    return f"{text}; per subset {per_subset}"
+    text += f"; per subset {per_subset}"
+    if len(decided.get("precisions", [])) > 1:
+        from cifar_tl.book.ladder import MIXED_PRECISIONS
+
+        text += f"; {MIXED_PRECISIONS}"
+    return text
 
 
 def decision_text(decided: dict) -> str:
