@@ -378,6 +378,13 @@ def _exit_on_sigterm(signum, frame):
     raise KeyboardInterrupt
 
 
+def _interrupt_once(signum, frame):
+    # The first Ctrl-C unwinds; any later one (a second press, a terminal signalling the whole process group)
+    # is ignored, so it cannot cut the clean-up short and end the program with a traceback instead of 130.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     debug = os.environ.get("CIFAR_TL_DEBUG", "") not in ("", "0")
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
@@ -435,5 +442,11 @@ def main(argv: list[str] | None = None) -> int:
             os.environ["CIFAR_TL_RESULTS"] = saved_results
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """The `cifar-tl` program: `main`, with Ctrl-C handled once, and its status as the exit code."""
+    signal.signal(signal.SIGINT, _interrupt_once)
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

@@ -48,7 +48,9 @@ class Command:
             if text in self.stderr:
                 return
             if self.process.poll() is not None:
-                self.finish()
+                self.finish()  # what it printed last is read to the end
+                if text in self.stderr:
+                    return
                 raise AssertionError(f"the process ended (status {self.process.returncode}) before printing "
                                      f"{text!r}:\n{self.stderr[-3000:]}")
             time.sleep(0.02)
@@ -132,6 +134,23 @@ def test_sigterm_is_an_interruption_too(tmp_path, make_class_folders):
     _interrupted(command, signal.SIGTERM)
     assert not _records(cache) and not _temporary_files(cache)
     _all_cache_files_valid(cache)
+
+
+def test_a_second_ctrl_c_while_the_first_is_handled_still_exits_130(tmp_path, make_class_folders):
+    """A terminal sends Ctrl-C to the whole process group, and people press it twice: a SIGINT that arrives
+    once the first one's message is out must not end the program with a traceback or as killed by SIGINT."""
+    data = make_class_folders(classes=2, per_class=40, test_per_class=4)
+    cache = tmp_path / "cache"
+    command = Command(["train", "--recipe", "finetune_naive", "--backbone", "simple_cnn", "--epochs", "500",
+                       "--per-class", "30", "--val-per-class", "5", "--data", str(data)], cache)
+    command.wait_for("stage 1/1")
+    command.process.send_signal(signal.SIGINT)
+    command.wait_for("interrupted")
+    command.process.send_signal(signal.SIGINT)  # during the clean-up, or after the exit (then it does nothing)
+    code, _, err = command.finish(120)
+    assert code == 130, err[-3000:]
+    assert "Traceback" not in err and err.count("interrupted") == 1, err[-3000:]
+    assert not _records(cache) and not _temporary_files(cache)
 
 
 def test_two_processes_running_the_same_config_share_the_cache(tmp_path, make_class_folders):
