@@ -160,3 +160,25 @@ def test_chapters_run_side_by_side_each_with_its_environment_in_its_folder(tmp_p
     for chapter in found:
         printed = nbformat.read(tmp_path / "out" / f"{chapter.id}.ipynb", as_version=4).cells[0].outputs[0]["text"]
         assert printed.split() == [str(tmp_path / "data/x.tar.gz"), str(folder)]
+
+
+@pytest.mark.skipif(not Path("/proc/self/autogroup").exists(), reason="no autogroup scheduling on this machine")
+def test_a_kernel_in_its_own_session_gets_the_builds_niceness():
+    """A kernel starts a session of its own; under autogroup scheduling `nice` would not reach it, so the
+    build gives its group the build's niceness. A process that is not niced changes nothing."""
+    import subprocess
+    import sys
+
+    from cifar_tl.book.build import share_niceness
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    try:
+        autogroup = Path(f"/proc/{child.pid}/autogroup")
+        assert autogroup.read_text().split()[-1] == "0"  # a new session: a new group at the default share
+        assert share_niceness(child.pid, 0) is False and autogroup.read_text().split()[-1] == "0"
+        assert share_niceness(child.pid, 7) is True
+        assert autogroup.read_text().split()[-1] == "7"
+    finally:
+        child.kill()
+        child.wait()
+    assert share_niceness(child.pid, 7) is False  # gone: no error, nothing set

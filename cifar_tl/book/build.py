@@ -191,9 +191,28 @@ def _local_kernel_manager(folder: Path, env: dict[str, str], cwd: Path):
         def start_kernel(self, **kwargs):
             kwargs.setdefault("env", env)
             kwargs["cwd"] = str(cwd)
-            return super().start_kernel(**kwargs)
+            started = super().start_kernel(**kwargs)
+            if getattr(self.provisioner, "pid", None):
+                share_niceness(self.provisioner.pid)
+            return started
 
     return LocalKernelManager
+
+
+def share_niceness(pid: int, niceness: int | None = None) -> bool:
+    """Give process `pid`'s scheduling group this process's niceness (or `niceness`); whether it was set.
+
+    A kernel starts in a session of its own, and where Linux groups the scheduling by session (autogroup,
+    the default on many distributions) `nice` does not reach into it: `nice -n 19 cifar-tl book` beside a
+    training run would still take half the cores from it. Elsewhere (no /proc autogroup) nothing changes."""
+    niceness = os.nice(0) if niceness is None else niceness
+    if niceness <= 0:
+        return False
+    try:
+        Path(f"/proc/{pid}/autogroup").write_text(f"{niceness}\n")
+        return True
+    except OSError:  # not Linux, no autogroup scheduling, or not permitted
+        return False
 
 
 def _hide_injected_parameters(path: Path) -> None:
