@@ -221,6 +221,13 @@ def _train(args) -> None:
           f"{record['timing']['total_seconds']:.0f} s")
 
 
+def _chapters(args) -> None:
+    from cifar_tl.book.build import chapters
+
+    for chapter in chapters():
+        print(f"{chapter.id}\t{chapter.title}")
+
+
 def _run_chapter(args) -> None:
     from cifar_tl.book.build import find_chapter, parse_parameters, run_chapter
     from cifar_tl.training.profiles import get_profile
@@ -392,27 +399,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         debug = debug or args.debug
-        if args.command == "train":
-            _train(args)
-        elif args.command == "chapters":
-            from cifar_tl.book.build import chapters
-
-            for chapter in chapters():
-                print(f"{chapter.id}\t{chapter.title}")
-        elif args.command == "run":
-            _run_chapter(args)
-        elif args.command == "bench":
-            _bench(args)
-        elif args.command == "results":
-            _results(args)
-        elif args.command == "campaign":
-            _campaign(args)
-        elif args.command == "book":
-            _book(args)
-        elif args.command == "predict":
-            _predict(args)
-        elif args.command == "app":
-            _app(args)
+        commands = {"train": _train, "chapters": _chapters, "run": _run_chapter, "bench": _bench, "results": _results,
+                    "campaign": _campaign, "book": _book, "predict": _predict, "app": _app}
+        commands[args.command](args)
         return 0
     except UserError as exc:
         if debug:

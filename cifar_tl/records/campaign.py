@@ -39,6 +39,7 @@ RECIPE_BACKBONE = {"scratch": "simple_cnn"}
 _CHAPTER_EXTRAS: dict[str, tuple[str, ...]] = {
     "03-linear-probe": ("scratch",),
     "04-naive-finetune": ("linear_probe",),
+    "07-staged-unfreezing": ("linear_probe",),  # where LP-FT's probe stage stands against the probe alone
     "12-full-recipe": (*(r.name for r in RECIPES.values()
                          if (r.builds_on or r.name == "finetune_naive") and r.self_training is None
                          and r.consistency is None),
