@@ -15,6 +15,25 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
+# Patched into the scripts below: after each saved training state, sleep for sys.argv[argument] seconds.
+SLOW_SAVES = """
+from cifar_tl.core import resume
+
+pause = float(sys.argv[{argument}])
+save = resume.StateFile.save
+
+def save_then_pause(self, state):
+    save(self, state)
+    time.sleep(pause)
+
+resume.StateFile.save = save_then_pause
+"""
+
+
+def _with_slow_saves(script: str, argument: int) -> str:
+    return script.replace("{slow_saves}", SLOW_SAVES.replace("{argument}", str(argument)).lstrip("\n"))
+
+
 # A campaign over three small runs of the tiny dataset; after each saved training state it sleeps for
 # argv[3] seconds, so the test can catch it in the middle of a run.
 DRIVER = """
@@ -28,15 +47,7 @@ campaign.book_runs = lambda: [PlannedRun("finetune_naive", "simple_cnn", seed) f
 small = dict(per_class=5, val_per_class=5, image_size=32, epochs=4, precision="fp32", device="cpu")
 make_config = campaign.make_config
 campaign.make_config = lambda *a, **k: make_config(*a, **{**k, **small})
-pause = float(sys.argv[3])
-save = resume.StateFile.save
-
-def save_then_pause(self, state):
-    save(self, state)
-    time.sleep(pause)
-
-resume.StateFile.save = save_then_pause
-run = campaign.run_one
+{slow_saves}run = campaign.run_one
 
 def announced(config, **options):
     print("TRAINING", config.seed, flush=True)
@@ -60,7 +71,7 @@ def test_a_worker_killed_mid_run_is_taken_over_and_its_run_resumes(tiny_dataset,
     env = {**os.environ, "CIFAR_TL_CACHE": str(cache), "CIFAR_TL_RESULTS": str(results)}
 
     def worker(pause: float) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-c", DRIVER, str(results), str(tiny_dataset), str(pause)],
+        return subprocess.Popen([sys.executable, "-c", _with_slow_saves(DRIVER, 3), str(results), str(tiny_dataset), str(pause)],
                                 env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     doomed = worker(pause=600)  # stops for good after its first finished epoch
@@ -98,15 +109,7 @@ from cifar_tl.core import resume
 from cifar_tl.records import runner
 from cifar_tl.records.identity import make_config
 
-pause = float(sys.argv[2])
-save = resume.StateFile.save
-
-def save_then_pause(self, state):
-    save(self, state)
-    time.sleep(pause)
-
-resume.StateFile.save = save_then_pause
-train = runner._train
+{slow_saves}train = runner._train
 
 def announced(*args, **kwargs):
     print("TRAINING", flush=True)
@@ -126,7 +129,7 @@ def test_two_processes_asking_for_one_run_train_it_once(tiny_dataset, tmp_path):
     env = {**os.environ, "CIFAR_TL_CACHE": str(cache)}
 
     def process(pause: float) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-c", SAME_RUN, str(tiny_dataset), str(pause)], env=env,
+        return subprocess.Popen([sys.executable, "-c", _with_slow_saves(SAME_RUN, 2), str(tiny_dataset), str(pause)], env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     first = process(pause=3.0)  # long enough for the second to start while the first trains
